@@ -1,0 +1,3 @@
+"""popbox: a POP3 server."""
+
+__version__ = "0.1.0"

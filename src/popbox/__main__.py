@@ -1,0 +1,3 @@
+from popbox.cli import run_cli
+
+run_cli()

@@ -1,0 +1,121 @@
+"""The multi-line encoder: stored message bytes -> wire bytes (RFC 1939 sections 3, 7, 11).
+
+Every line end becomes CRLF (a stored bare LF included), every line that starts with the
+termination octet "." is byte-stuffed (the very first line of the message too), a message
+without a final line end gets a CRLF, and the reply ends with ".\\r\\n". TOP msg n (RFC 1939
+section 7) stops after the header, the blank line and n body lines.
+
+All work is done per block with bytes methods; there is no Python loop per line except the
+bounded search for TOP's cut point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+TERMINATOR = b".\r\n"
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Turn every line end into CRLF: existing CRLFs stay, bare LFs gain a CR."""
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def encode_lines(lines: Iterable[bytes]) -> bytes:
+    """Body of a short multi-line reply (LIST, UIDL, CAPA): lines without line ends."""
+    body = b"".join(line + b"\r\n" for line in lines)
+    return _stuff(body, at_line_start=True) + TERMINATOR
+
+
+def _stuff(data: bytes, *, at_line_start: bool) -> bytes:
+    """Byte-stuff (RFC 1939 section 3): prefix "." to every line beginning with "."."""
+    stuffed = data.replace(b"\n.", b"\n..")
+    if at_line_start and data[:1] == b".":
+        stuffed = b"." + stuffed
+    return stuffed
+
+
+class MessageEncoder:
+    """Streams one message (RETR) or its top (TOP) into wire form.
+
+    feed(block) returns the wire bytes for that block; finish() returns the closing bytes
+    (the final CRLF if the message lacked one, and the terminating ".\\r\\n"). `done` turns
+    true once TOP's cut point has been passed: the driver may stop reading then.
+    """
+
+    __slots__ = (
+        "_at_line_start",
+        "_body_lines_left",
+        "_held_cr",
+        "_in_header",
+        "_last_octets",
+        "_nothing_sent",
+        "done",
+        "is_top",
+    )
+
+    def __init__(self, top_lines: int | None = None) -> None:
+        # A CR at the end of a block may be the first half of a CRLF split across blocks.
+        self._held_cr = False
+        self._at_line_start = True
+        self._nothing_sent = True
+        # The last (up to) 3 octets sent, to find a blank line split across blocks; it
+        # starts as CRLF so that a message beginning with a blank line has an empty header.
+        self._last_octets = b"\r\n"
+        self._in_header = top_lines is not None
+        self._body_lines_left = top_lines
+        self.done = False
+        self.is_top = top_lines is not None
+
+    def feed(self, block: bytes) -> bytes:
+        if self.done or not block:
+            return b""
+        if self._held_cr:
+            block = b"\r" + block
+        self._held_cr = block.endswith(b"\r")
+        if self._held_cr:
+            block = block[:-1]
+        return self._emit(to_crlf(block))
+
+    def finish(self) -> bytes:
+        tail = b""
+        if self._held_cr and not self.done:
+            self._held_cr = False
+            tail = self._emit(b"\r")
+        if not self._nothing_sent and not self._last_octets.endswith(b"\r\n"):
+            # RFC 1939 section 3: every line of a multi-line response ends with CRLF.
+            tail += b"\r\n"
+        self.done = True
+        return tail + TERMINATOR
+
+    def _emit(self, data: bytes) -> bytes:
+        if self._body_lines_left is not None:
+            data = self._cut_top(data)
+        if not data:
+            return b""
+        out = _stuff(data, at_line_start=self._at_line_start)
+        self._at_line_start = data.endswith(b"\n")
+        self._last_octets = (self._last_octets + data)[-3:]
+        self._nothing_sent = False
+        return out
+
+    def _cut_top(self, data: bytes) -> bytes:
+        """Keep the header, the blank line and `top_lines` body lines (RFC 1939 TOP)."""
+        start = 0
+        if self._in_header:
+            joined = self._last_octets + data
+            blank = joined.find(b"\r\n\r\n")
+            if blank < 0:
+                return data
+            self._in_header = False
+            start = blank + 4 - len(self._last_octets)
+        left = self._body_lines_left
+        assert left is not None
+        if data.count(b"\n", start) < left:
+            self._body_lines_left = left - data.count(b"\n", start)
+            return data
+        end = start
+        for _ in range(left):
+            end = data.index(b"\n", end) + 1
+        self.done = True
+        return data[:end]

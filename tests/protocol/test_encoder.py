@@ -1,0 +1,113 @@
+"""The multi-line encoder: exact wire bytes for the edges (shared/STYLE.md item 7), and
+agreement with a naive line-by-line model of RFC 1939 for any input and any block size."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core_helpers import wire_size
+from popbox.protocol.encoder import MessageEncoder, encode_lines
+
+ROWS = [
+    # (stored message, top_lines, exact wire bytes after the status line)
+    (b"", None, b".\r\n"),
+    (b"a", None, b"a\r\n.\r\n"),
+    (b"a\n", None, b"a\r\n.\r\n"),
+    (b"a\r\n", None, b"a\r\n.\r\n"),
+    (b".", None, b"..\r\n.\r\n"),
+    (b".\r\n", None, b"..\r\n.\r\n"),
+    (b".hidden\r\nx\r\n", None, b"..hidden\r\nx\r\n.\r\n"),
+    (b"a\n.\nb\n..\n", None, b"a\r\n..\r\nb\r\n...\r\n.\r\n"),
+    (b"bare\rcr\r\n", None, b"bare\rcr\r\n.\r\n"),
+    (b"ends with cr\r", None, b"ends with cr\r\r\n.\r\n"),
+    (b"\r\n\r\n", None, b"\r\n\r\n.\r\n"),
+    (b"x" * 998 + b"\n", None, b"x" * 998 + b"\r\n.\r\n"),
+    # TOP (RFC 1939 section 7): header, blank line, n body lines.
+    (b"H: 1\r\n\r\nb1\r\nb2\r\n", 0, b"H: 1\r\n\r\n.\r\n"),
+    (b"H: 1\r\n\r\nb1\r\nb2\r\n", 1, b"H: 1\r\n\r\nb1\r\n.\r\n"),
+    (b"H: 1\r\n\r\nb1\r\nb2\r\n", 2, b"H: 1\r\n\r\nb1\r\nb2\r\n.\r\n"),
+    (b"H: 1\r\n\r\nb1\r\nb2\r\n", 3, b"H: 1\r\n\r\nb1\r\nb2\r\n.\r\n"),
+    (b"H: 1\n\n.b1\nb2", 1, b"H: 1\r\n\r\n..b1\r\n.\r\n"),
+    (b"H: 1\n\nb1\nb2", 5, b"H: 1\r\n\r\nb1\r\nb2\r\n.\r\n"),
+    (b"H: 1\nH: 2\n", 0, b"H: 1\r\nH: 2\r\n.\r\n"),  # no body at all
+    (b"H: 1", 0, b"H: 1\r\n.\r\n"),
+    (b"\r\nbody\r\nmore\r\n", 1, b"\r\nbody\r\n.\r\n"),  # empty header
+    (b"\nbody\n", 0, b"\r\n.\r\n"),
+    (b"", 0, b".\r\n"),
+    (b"H: 1\r\n\r\n\r\n\r\nx\r\n", 2, b"H: 1\r\n\r\n\r\n\r\n.\r\n"),
+]
+
+
+def encode(message: bytes, top: int | None, block: int) -> bytes:
+    encoder = MessageEncoder(top_lines=top)
+    out = b""
+    for i in range(0, len(message), block):
+        out += encoder.feed(message[i : i + block])
+    return out + encoder.finish()
+
+
+@pytest.mark.parametrize(("message", "top", "wire"), ROWS)
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 65536])
+def test_exact_wire_bytes(message: bytes, top: int | None, wire: bytes, block: int) -> None:
+    assert encode(message, top, block) == wire
+
+
+def unstuff_size(wire: bytes) -> int:
+    """Octets of the message as the client stores it: without stuffing and the end line."""
+    lines = wire[:-3].split(b"\r\n")
+    return sum(len(line[1:] if line.startswith(b".") else line) + 2 for line in lines[:-1])
+
+
+@pytest.mark.parametrize(("message", "top", "wire"), [r for r in ROWS if r[1] is None])
+def test_retr_size_matches_listed_octets(message: bytes, top: None, wire: bytes) -> None:
+    """RFC 1939 section 11: the size excludes stuffing; LF counts as CRLF."""
+    assert unstuff_size(wire) == wire_size(message)
+
+
+def model(message: bytes, top: int | None) -> bytes:
+    """A deliberately naive per-line reference implementation of RFC 1939."""
+    lines: list[bytes] = []
+    rest = message
+    while rest:
+        head, lf, rest = rest.partition(b"\n")
+        lines.append(head[:-1] if lf and head.endswith(b"\r") else head)
+    if top is not None and b"" in lines:
+        blank = lines.index(b"")
+        lines = lines[: blank + 1 + top]
+    out = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
+    return out + b".\r\n"
+
+
+LINE = st.sampled_from([b"", b".", b"..", b"a", b".x", b"\r", b"x\ry", b"From x", b"  "])
+MESSAGE = st.lists(st.tuples(LINE, st.sampled_from([b"\n", b"\r\n"])), max_size=12).map(
+    lambda parts: b"".join(a + b for a, b in parts)
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    MESSAGE,
+    st.one_of(st.binary(max_size=3), st.sampled_from([b"", b"tail", b".", b"\r"])),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=6)),
+    st.integers(min_value=1, max_value=9),
+)
+def test_encoder_agrees_with_naive_model(
+    body: bytes, tail: bytes, top: int | None, block: int
+) -> None:
+    message = body + tail
+    assert encode(message, top, block) == model(message, top)
+
+
+def test_encode_lines_stuffs_and_terminates() -> None:
+    assert encode_lines([b"1 2", b".x"]) == b"1 2\r\n..x\r\n.\r\n"
+    assert encode_lines([]) == b".\r\n"
+
+
+def test_top_marks_done_so_reading_can_stop() -> None:
+    encoder = MessageEncoder(top_lines=1)
+    assert encoder.feed(b"H: 1\n\nline one\nline two\n") == b"H: 1\r\n\r\nline one\r\n"
+    assert encoder.done
+    assert encoder.feed(b"more\n") == b""
+    assert encoder.finish() == b".\r\n"
