@@ -1,0 +1,208 @@
+"""Value checks for the config dataclasses, and the error that names the key.
+
+Each check returns the value (normalized: ints become floats where seconds are expected) or
+raises a ConfigError without a key; `check_fields` adds the field name, and the TOML layer
+adds the table path and the file name, so the administrator reads
+`config.toml: listen[1].port: expected an integer 0-65535, got 'abc'`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeGuard, get_args
+
+# What may appear in the greeting and the APOP timestamp (RFC 1939 section 7): no spaces,
+# CR/LF or angle brackets, which would break those lines. 253 octets: RFC 1035 section 2.3.4.
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}")
+# Dovecot's mail_location options (":INDEX=/path", ":LAYOUT=fs"): we take a plain path only.
+_DOVECOT_OPTION_RE = re.compile(r":[A-Z_]+=")
+MAILDIR_SCHEME = "maildir:"
+_LATER_SCHEMES = ("mbox:", "postgresql:")
+
+Check = Callable[[object], object]
+
+
+class ConfigError(Exception):
+    """A configuration problem, shown as `source: key: message` (the parts that are known)."""
+
+    def __init__(self, message: str, key: str | None = None, source: str | None = None) -> None:
+        super().__init__(message, key, source)
+        self.message = message
+        self.key = key
+        self.source = source
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.source, self.key, self.message) if part)
+
+    def within(self, prefix: str | None = None, source: str | None = None) -> ConfigError:
+        """The same error, its key placed under `prefix` and attributed to `source`."""
+        key = self.key
+        if prefix:
+            key = prefix if not key else prefix + (key if key.startswith("[") else "." + key)
+        return ConfigError(self.message, key, source or self.source)
+
+
+def show(value: object) -> str:
+    """A value as the administrator wrote it in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Path):
+        return repr(str(value))
+    return repr(value)
+
+
+def expected(what: str, value: object) -> ConfigError:
+    return ConfigError(f"expected {what}, got {show(value)}")
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    # TOML's true/false are Python bools, which are ints: never accept them as numbers.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def int_range(low: int, high: int | None = None) -> Check:
+    what = f"an integer {low}-{high}" if high is not None else f"an integer >= {low}"
+
+    def check(value: object) -> object:
+        if _is_int(value) and low <= value and (high is None or value <= high):
+            return value
+        raise expected(what, value)
+
+    return check
+
+
+def seconds(*, positive: bool) -> Check:
+    what = "a number of seconds > 0" if positive else "a number of seconds >= 0"
+
+    def check(value: object) -> object:
+        if _is_int(value) or isinstance(value, float):
+            number = float(value)
+            if math.isfinite(number) and (number > 0 if positive else number >= 0):
+                return number
+        raise expected(what, value)
+
+    return check
+
+
+def one_of(literal: Any) -> Check:
+    """The values of a Literal[...] type."""
+    choices: tuple[str, ...] = get_args(literal)
+    what = "one of " + ", ".join(repr(choice) for choice in choices)
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and value in choices:
+            return value
+        raise expected(what, value)
+
+    return check
+
+
+def instance_of(cls: type) -> Check:
+    def check(value: object) -> object:
+        if isinstance(value, cls):
+            return value
+        raise expected(f"a {cls.__name__}", value)
+
+    return check
+
+
+def optional(check: Check) -> Check:
+    return lambda value: None if value is None else check(value)
+
+
+def hostname(value: object) -> object:
+    if isinstance(value, str) and _HOSTNAME_RE.fullmatch(value):
+        return value
+    raise expected("a host name (letters, digits, '.', '-', '_')", value)
+
+
+def listen_address(value: object) -> object:
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        raise expected("an IP address or host name", value)
+    if value.startswith("["):
+        raise expected("an IP address without brackets (::1, not [::1])", value)
+    return value
+
+
+def readable_file(value: object) -> object:
+    if not isinstance(value, Path):
+        raise expected("a file path", value)
+    if not value.exists():
+        raise ConfigError(f"file not found: {value}")
+    if not value.is_file():
+        raise ConfigError(f"not a regular file: {value}")
+    if not os.access(value, os.R_OK):
+        raise ConfigError(f"file is not readable: {value}")
+    return value
+
+
+def split_location(location: object) -> str:
+    """The path part of a `maildir:<path>` mail location (Dovecot's mail_location syntax)."""
+    if not isinstance(location, str):
+        raise expected("'maildir:<path>'", location)
+    for scheme in _LATER_SCHEMES:
+        if location.startswith(scheme):
+            raise ConfigError(
+                f"the {scheme!r} scheme is not supported yet (only 'maildir:'), got {location!r}"
+            )
+    path = location.removeprefix(MAILDIR_SCHEME)
+    if path == location or not path:
+        raise expected("'maildir:<path>'", location)
+    if path.startswith("~"):
+        raise ConfigError(
+            f"'~' (a home directory) is not supported; use a path with %u, got {location!r}"
+        )
+    if _DOVECOT_OPTION_RE.search(path):
+        raise ConfigError(f"Dovecot-style ':KEY=value' options are not supported, got {location!r}")
+    return path
+
+
+def _has_user_variable(template: str) -> bool:
+    """True if `template` uses Dovecot's %u (user) or %n (user part); %% is a literal %."""
+    index = template.find("%")
+    while index != -1:
+        if template[index + 1 : index + 2] in ("u", "n"):
+            return True
+        index = template.find("%", index + 2)
+    return False
+
+
+def mail_location(value: object) -> object:
+    path = split_location(value)
+    if not os.path.isabs(path):
+        raise ConfigError(f"the maildir path must be absolute, got {value!r}")
+    if not _has_user_variable(path):
+        raise ConfigError(f"the maildir path must contain %u or %n (the user), got {value!r}")
+    return value
+
+
+def check_fields(obj: object, checks: Mapping[str, Check]) -> None:
+    """Run each field's check on a frozen dataclass, store the normalized value, and name
+    the field in any error."""
+    for name, check in checks.items():
+        try:
+            value = check(getattr(obj, name))
+        except ConfigError as error:
+            raise error.within(name) from None
+        object.__setattr__(obj, name, value)
+
+
+def normal_address(address: str) -> str:
+    """One spelling per address, so `::1` and `0::1` count as the same listener."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address.lower()
+
+
+def endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -1,0 +1,574 @@
+"""popbox.config: TOML -> frozen dataclasses, and error messages that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from popbox.config import (
+    AuthConfig,
+    Config,
+    ConfigError,
+    LimitsConfig,
+    ListenConfig,
+    MailConfig,
+    TlsConfig,
+    check_ports_free,
+    load_config,
+    parse_config,
+)
+
+# The smallest valid file: the two required keys, with paths relative to the file.
+MINIMAL = """\
+[auth]
+passwd_file = "passwd"
+
+[mail]
+location = "maildir:mail/%u"
+"""
+
+FULL = """\
+hostname = "pop.example.org"
+idle_timeout = 900
+shutdown_timeout = 2.5
+log_level = "debug"
+
+[[listen]]
+address = "0.0.0.0"
+port = 110
+tls = "starttls"
+
+[[listen]]
+address = "::"
+port = 995
+tls = "implicit"
+
+[tls]
+certificate = "tls/cert.pem"
+private_key = "/ABS/key.pem"
+
+[auth]
+passwd_file = "users/passwd"
+plaintext = "never"
+failure_delay = 0
+
+[mail]
+location = "maildir:/var/mail/%d/%n/Maildir"
+
+[limits]
+max_connections = 500
+max_connections_per_ip = 5
+max_bad_commands = 3
+"""
+
+
+@pytest.fixture
+def confdir(tmp_path: Path) -> Path:
+    """A config directory holding the files the configs below refer to."""
+    (tmp_path / "passwd").write_text("alice:{PLAIN}secret\n")
+    (tmp_path / "users").mkdir()
+    (tmp_path / "users" / "passwd").write_text("")
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "cert.pem").write_text("")
+    (tmp_path / "key.pem").write_text("")
+    return tmp_path
+
+
+def write(confdir: Path, text: str) -> Path:
+    path = confdir / "popbox.toml"
+    path.write_text(text.replace("/ABS", str(confdir)))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return str(caught.value)
+
+
+def test_full_file_with_every_key(confdir: Path) -> None:
+    path = write(confdir, FULL)
+    config = load_config(path)
+    assert config == Config(
+        hostname="pop.example.org",
+        idle_timeout=900.0,
+        shutdown_timeout=2.5,
+        log_level="debug",
+        listen=(
+            ListenConfig(address="0.0.0.0", port=110, tls="starttls"),
+            ListenConfig(address="::", port=995, tls="implicit"),
+        ),
+        tls=TlsConfig(certificate=confdir / "tls" / "cert.pem", private_key=confdir / "key.pem"),
+        auth=AuthConfig(
+            passwd_file=confdir / "users" / "passwd", plaintext="never", failure_delay=0.0
+        ),
+        mail=MailConfig(location="maildir:/var/mail/%d/%n/Maildir"),
+        limits=LimitsConfig(max_connections=500, max_connections_per_ip=5, max_bad_commands=3),
+        source=path,
+    )
+    # Integers where seconds are expected become floats.
+    assert isinstance(config.idle_timeout, float)
+    assert isinstance(config.auth.failure_delay, float)
+    assert config.mail.maildir_template == "/var/mail/%d/%n/Maildir"
+    assert not config.idle_timeout_below_rfc_minimum
+
+
+def test_defaults(confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getfqdn", lambda: "host.example.net")
+    config = load_config(write(confdir, MINIMAL))
+    assert config.hostname == "host.example.net"
+    assert config.idle_timeout == 600.0
+    assert config.shutdown_timeout == 10.0
+    assert config.log_level == "info"
+    assert config.listen == (ListenConfig(address="127.0.0.1", port=1110, tls="none"),)
+    assert config.tls == TlsConfig(certificate=None, private_key=None)
+    assert not config.tls.enabled
+    assert config.auth.plaintext == "loopback"
+    assert config.auth.failure_delay == 2.0
+    assert config.limits == LimitsConfig(
+        max_connections=10000, max_connections_per_ip=100, max_bad_commands=20
+    )
+    assert not config.idle_timeout_below_rfc_minimum
+
+
+def test_idle_timeout_below_rfc_minimum_is_accepted_and_flagged(confdir: Path) -> None:
+    config = load_config(write(confdir, "idle_timeout = 30\n" + MINIMAL))
+    assert config.idle_timeout == 30.0
+    assert config.idle_timeout_below_rfc_minimum
+
+
+def test_relative_paths_resolve_against_the_config_files_directory(
+    confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = confdir / "sub"
+    sub.mkdir()
+    path = sub / "popbox.toml"
+    path.write_text(MINIMAL.replace('"passwd"', '"../passwd"').replace("mail/%u", "./mail/%u"))
+    elsewhere = confdir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(Path("../sub/popbox.toml"))  # the file named relative to the cwd
+    assert config.source == Path("../sub/popbox.toml")
+    assert config.auth.passwd_file.is_absolute()
+    assert config.auth.passwd_file.resolve() == (confdir / "passwd").resolve()
+    template = config.mail.maildir_template
+    assert os.path.isabs(template)
+    assert os.path.normpath(template) == os.path.normpath(f"{sub}/mail/%u")
+
+
+def test_relative_tls_files_resolve_against_the_config_directory(confdir: Path) -> None:
+    text = MINIMAL + '[tls]\ncertificate = "tls/cert.pem"\nprivate_key = "key.pem"\n'
+    config = load_config(write(confdir, text))
+    assert config.tls.certificate == confdir / "tls" / "cert.pem"
+    assert config.tls.private_key == confdir / "key.pem"
+    assert config.tls.enabled
+
+
+def test_two_listeners_on_port_zero_are_not_duplicates(confdir: Path) -> None:
+    text = MINIMAL + "[[listen]]\nport = 0\n[[listen]]\nport = 0\n"
+    assert len(load_config(write(confdir, text)).listen) == 2
+
+
+def test_escaped_percent_does_not_count_as_the_user(confdir: Path) -> None:
+    text = MINIMAL.replace("mail/%u", "mail/%%u")
+    assert error_of(write(confdir, text)) == (
+        f"{confdir}/popbox.toml: mail.location: the maildir path must contain %u or %n "
+        f"(the user), got 'maildir:{confdir}/mail/%%u'"
+    )
+
+
+# (what is added to or changed in MINIMAL, the message after "<file>: "); {dir} is confdir.
+ERRORS = [
+    pytest.param("colour = 1\n", "colour: unknown key", id="unknown-top"),
+    pytest.param(
+        'hostnam = "x"\n',
+        "hostnam: unknown key (did you mean 'hostname'?)",
+        id="unknown-top-hint",
+    ),
+    pytest.param('"a.b" = 1\n', "'a.b': unknown key", id="unknown-quoted"),
+    pytest.param(
+        "[limits]\nmax_connection = 5\n",
+        "limits.max_connection: unknown key (did you mean 'max_connections'?)",
+        id="unknown-in-table",
+    ),
+    pytest.param(
+        "[[listen]]\nport = 0\n[[listen]]\nprot = 1\n",
+        "listen[1].prot: unknown key (did you mean 'port'?)",
+        id="unknown-in-listen",
+    ),
+    pytest.param(
+        "[[listen]]\nport = 'abc'\n",
+        "listen[0].port: expected an integer 0-65535, got 'abc'",
+        id="wrong-type",
+    ),
+    pytest.param(
+        "[[listen]]\nport = 65536\n",
+        "listen[0].port: expected an integer 0-65535, got 65536",
+        id="port-range",
+    ),
+    pytest.param(
+        "[[listen]]\nport = 1.5\n",
+        "listen[0].port: expected an integer 0-65535, got 1.5",
+        id="float-as-int",
+    ),
+    pytest.param(
+        "[[listen]]\nport = true\n",
+        "listen[0].port: expected an integer 0-65535, got true",
+        id="bool-as-int",
+    ),
+    pytest.param(
+        "[limits]\nmax_bad_commands = false\n",
+        "limits.max_bad_commands: expected an integer >= 1, got false",
+        id="bool-as-limit",
+    ),
+    pytest.param(
+        "[limits]\nmax_connections = 0\n",
+        "limits.max_connections: expected an integer >= 1, got 0",
+        id="limit-zero",
+    ),
+    pytest.param(
+        "idle_timeout = true\n",
+        "idle_timeout: expected a number of seconds > 0, got true",
+        id="bool-as-float",
+    ),
+    pytest.param(
+        "idle_timeout = 0\n", "idle_timeout: expected a number of seconds > 0, got 0", id="zero"
+    ),
+    pytest.param(
+        "idle_timeout = '10m'\n",
+        "idle_timeout: expected a number of seconds > 0, got '10m'",
+        id="string-as-float",
+    ),
+    pytest.param(
+        "shutdown_timeout = nan\n",
+        "shutdown_timeout: expected a number of seconds >= 0, got nan",
+        id="nan",
+    ),
+    pytest.param(
+        "shutdown_timeout = -1\n",
+        "shutdown_timeout: expected a number of seconds >= 0, got -1",
+        id="negative",
+    ),
+    pytest.param(
+        "[[listen]]\ntls = 'ssl'\n",
+        "listen[0].tls: expected one of 'none', 'starttls', 'implicit', got 'ssl'",
+        id="bad-enum",
+    ),
+    pytest.param(
+        "log_level = 'verbose'\n",
+        "log_level: expected one of 'debug', 'info', 'warning', 'error', got 'verbose'",
+        id="bad-log-level",
+    ),
+    pytest.param(
+        "hostname = 'pop example'\n",
+        "hostname: expected a host name (letters, digits, '.', '-', '_'), got 'pop example'",
+        id="bad-hostname",
+    ),
+    pytest.param(
+        "[[listen]]\naddress = ''\n",
+        "listen[0].address: expected an IP address or host name, got ''",
+        id="empty-address",
+    ),
+    pytest.param(
+        "[[listen]]\naddress = '[::1]'\n",
+        "listen[0].address: expected an IP address without brackets (::1, not [::1]), got '[::1]'",
+        id="bracketed-address",
+    ),
+    pytest.param("listen = []\n", "listen: at least one [[listen]] table is required", id="none"),
+    pytest.param(
+        "listen = {port = 1}\n",
+        "listen: expected an array of tables ([[listen]]), got a table",
+        id="listen-not-array",
+    ),
+    pytest.param("listen = [1]\n", "listen[0]: expected a table, got 1", id="listen-entry"),
+    pytest.param("limits = 5\n", "limits: expected a table, got 5", id="table-not-table"),
+    pytest.param(
+        "[[listen]]\ntls = 'starttls'\n",
+        "listen[0].tls: 'starttls' requires tls.certificate and tls.private_key",
+        id="tls-listener-without-cert",
+    ),
+    pytest.param(
+        "[[listen]]\nport = 1110\n[[listen]]\naddress = '127.0.0.1'\n",
+        "listen[1]: duplicate of listen[0] (127.0.0.1:1110)",
+        id="duplicate-listener",
+    ),
+    pytest.param(
+        "[[listen]]\naddress = '::1'\n[[listen]]\naddress = '0::1'\n",
+        "listen[1]: duplicate of listen[0] ([0::1]:1110)",
+        id="duplicate-ipv6-spelling",
+    ),
+    pytest.param(
+        "[tls]\ncertificate = 'tls/cert.pem'\n",
+        "tls.private_key: required when tls.certificate is given",
+        id="cert-without-key",
+    ),
+    pytest.param(
+        "[tls]\nprivate_key = 'key.pem'\n",
+        "tls.certificate: required when tls.private_key is given",
+        id="key-without-cert",
+    ),
+    pytest.param(
+        "[tls]\ncertificate = 'nope.pem'\nprivate_key = 'key.pem'\n",
+        "tls.certificate: file not found: {dir}/nope.pem",
+        id="missing-cert",
+    ),
+    pytest.param(
+        "[tls]\ncertificate = 5\nprivate_key = 'key.pem'\n",
+        "tls.certificate: expected a file path, got 5",
+        id="path-not-string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("added", "message"), ERRORS)
+def test_error_names_the_key(confdir: Path, added: str, message: str) -> None:
+    # Top-level keys must come before the first table, so they go first; tables go last.
+    path = write(confdir, MINIMAL + added if added.startswith("[") else added + MINIMAL)
+    assert error_of(path) == f"{path}: " + message.format(dir=confdir)
+
+
+# (a replacement in MINIMAL, the message after "<file>: ")
+REPLACED = [
+    pytest.param(
+        ("passwd_file", "pasword_file"),
+        "auth.pasword_file: unknown key (did you mean 'passwd_file'?)",
+        id="unknown-before-missing",
+    ),
+    pytest.param(
+        ('passwd_file = "passwd"', ""),
+        "auth.passwd_file: required key is missing",
+        id="missing-required",
+    ),
+    pytest.param(("[auth]", "[authx]"), "authx: unknown key (did you mean 'auth'?)", id="table"),
+    pytest.param(
+        ('[mail]\nlocation = "maildir:mail/%u"\n', ""),
+        "mail: required key is missing",
+        id="missing-table",
+    ),
+    pytest.param(
+        ('"passwd"', '"nope"'), "auth.passwd_file: file not found: {dir}/nope", id="no-passwd"
+    ),
+    pytest.param(
+        ('"passwd"', '"tls"'), "auth.passwd_file: not a regular file: {dir}/tls", id="dir-passwd"
+    ),
+    pytest.param(
+        ('"passwd"', '""'), "auth.passwd_file: expected a file path, got ''", id="empty-path"
+    ),
+    pytest.param(
+        ("maildir:mail/%u", "mbox:/var/mail/%u"),
+        "mail.location: the 'mbox:' scheme is not supported yet (only 'maildir:'), "
+        "got 'mbox:/var/mail/%u'",
+        id="mbox-later",
+    ),
+    pytest.param(
+        ("maildir:mail/%u", "postgresql:dbname=mail"),
+        "mail.location: the 'postgresql:' scheme is not supported yet (only 'maildir:'), "
+        "got 'postgresql:dbname=mail'",
+        id="postgresql-later",
+    ),
+    pytest.param(
+        ("maildir:mail/%u", "/var/mail/%u"),
+        "mail.location: expected 'maildir:<path>', got '/var/mail/%u'",
+        id="no-scheme",
+    ),
+    pytest.param(
+        ("maildir:mail/%u", "maildir:"),
+        "mail.location: expected 'maildir:<path>', got 'maildir:'",
+        id="no-path",
+    ),
+    pytest.param(
+        ("maildir:mail/%u", "maildir:~/Maildir"),
+        "mail.location: '~' (a home directory) is not supported; use a path with %u, "
+        "got 'maildir:~/Maildir'",
+        id="home",
+    ),
+    pytest.param(
+        ("maildir:mail/%u", "maildir:/m/%u:INDEX=/i/%u"),
+        "mail.location: Dovecot-style ':KEY=value' options are not supported, "
+        "got 'maildir:/m/%u:INDEX=/i/%u'",
+        id="dovecot-options",
+    ),
+    pytest.param(
+        ("maildir:mail/%u", "maildir:/var/mail/all"),
+        "mail.location: the maildir path must contain %u or %n (the user), "
+        "got 'maildir:/var/mail/all'",
+        id="no-user-variable",
+    ),
+    pytest.param(
+        ("[auth]\n", "[auth]\nplaintext = 'yes'\n"),
+        "auth.plaintext: expected one of 'never', 'loopback', 'always', got 'yes'",
+        id="bad-plaintext",
+    ),
+    pytest.param(
+        ("[auth]\n", "[auth]\nfailure_delay = true\n"),
+        "auth.failure_delay: expected a number of seconds >= 0, got true",
+        id="bool-as-delay",
+    ),
+]
+
+
+@pytest.mark.parametrize(("replace", "message"), REPLACED)
+def test_error_names_the_key_when_changed(
+    confdir: Path, replace: tuple[str, str], message: str
+) -> None:
+    old, new = replace
+    assert old in MINIMAL
+    path = write(confdir, MINIMAL.replace(old, new))
+    assert error_of(path) == f"{path}: " + message.format(dir=confdir)
+
+
+def test_toml_syntax_error_gives_the_line(confdir: Path) -> None:
+    path = write(confdir, "[auth]\nbad key = 1\n")
+    assert error_of(path) == (
+        f"{path}: TOML syntax error: "
+        "Expected '=' after a key in a key/value pair (at line 2, column 5)"
+    )
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    assert error_of(tmp_path / "nope.toml") == f"{tmp_path}/nope.toml: config file not found"
+
+
+def test_config_file_is_a_directory(tmp_path: Path) -> None:
+    assert error_of(tmp_path) == f"{tmp_path}: is a directory, not a config file"
+
+
+def test_config_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "popbox.toml"
+    path.write_bytes(b'hostname = "caf\xe9"\n')
+    assert error_of(path) == f"{path}: not UTF-8 (byte 15)"
+
+
+def test_unreadable_passwd_file(confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Patched rather than chmod 0: the suite may run as root, who reads every file.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    path = write(confdir, MINIMAL)
+    assert error_of(path) == f"{path}: auth.passwd_file: file is not readable: {confdir}/passwd"
+
+
+# ---- parse_config and direct construction ----
+
+
+def test_parse_config_from_a_mapping(confdir: Path) -> None:
+    data = {
+        "auth": {"passwd_file": "passwd"},
+        "mail": {"location": "maildir:mail/%u"},
+        "listen": [{"port": 0}],
+    }
+    config = parse_config(data, base_dir=confdir, source_name="<default>")
+    assert config.source is None
+    assert config.auth.passwd_file == confdir / "passwd"
+    assert config.mail.location == f"maildir:{confdir}/mail/%u"
+    assert config.listen == (ListenConfig(port=0),)
+
+
+def test_parse_config_names_its_source_and_refuses_source_key(confdir: Path) -> None:
+    data = {"source": "x", "auth": {"passwd_file": "passwd"}, "mail": {"location": "m"}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, base_dir=confdir, source_name="<default>")
+    assert str(caught.value) == "<default>: source: unknown key"
+    assert caught.value.source == "<default>"
+    assert caught.value.key == "source"
+    assert caught.value.message == "unknown key"
+
+
+def test_dataclasses_validate_on_direct_construction(confdir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^port: expected an integer 0-65535, got true$"):
+        ListenConfig(port=True)
+    with pytest.raises(ConfigError, match=r"^location: the maildir path must be absolute"):
+        MailConfig(location="maildir:relative/%u")
+    with pytest.raises(ConfigError, match=r"^passwd_file: expected a file path, got 'passwd'"):
+        AuthConfig(passwd_file="passwd")  # type: ignore[arg-type]
+    auth = AuthConfig(passwd_file=confdir / "passwd")
+    mail = MailConfig(location="maildir:/m/%u")
+    with pytest.raises(ConfigError, match=r"^listen: at least one \[\[listen\]\] table"):
+        Config(auth=auth, mail=mail, hostname="h", listen=())
+    with pytest.raises(ConfigError, match=r"^auth: expected a AuthConfig, got 'x'$"):
+        Config(auth="x", mail=mail, hostname="h")  # type: ignore[arg-type]
+
+
+def test_dataclasses_are_frozen_and_slotted(confdir: Path) -> None:
+    config = load_config(write(confdir, MINIMAL))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.idle_timeout = 1.0  # type: ignore[misc]
+    for value in (config, config.listen[0], config.tls, config.auth, config.mail, config.limits):
+        assert not hasattr(value, "__dict__")
+    assert hash(config.listen[0]) == hash(ListenConfig())
+
+
+def test_config_error_pickles() -> None:
+    error = ConfigError("unknown key", "auth.x", "popbox.toml")
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == "popbox.toml: auth.x: unknown key"
+    assert str(ConfigError("config file not found", source="a.toml")) == (
+        "a.toml: config file not found"
+    )
+
+
+# ---- check_ports_free ----
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 held by a listening socket, as a running server would."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def listening(confdir: Path, *listeners: tuple[str, int]) -> Config:
+    text = MINIMAL + "".join(f"[[listen]]\naddress = '{a}'\nport = {p}\n" for a, p in listeners)
+    return load_config(write(confdir, text))
+
+
+def test_port_in_use_is_refused(confdir: Path, busy_port: int) -> None:
+    config = listening(confdir, ("127.0.0.1", 0), ("127.0.0.1", busy_port))
+    with pytest.raises(ConfigError) as caught:
+        check_ports_free(config)
+    assert str(caught.value) == (
+        f"{confdir}/popbox.toml: listen[1].port: 127.0.0.1:{busy_port} is already in use"
+    )
+
+
+def test_free_ports_pass_and_are_released(confdir: Path) -> None:
+    port = free_port()
+    config = listening(confdir, ("127.0.0.1", port), ("127.0.0.1", 0))
+    check_ports_free(config)
+    check_ports_free(config)  # the first check let go of everything it bound
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+
+
+def test_listeners_overlapping_each_other_are_refused(confdir: Path) -> None:
+    port = free_port()
+    config = listening(confdir, ("0.0.0.0", port), ("127.0.0.1", port))
+    with pytest.raises(ConfigError) as caught:
+        check_ports_free(config)
+    assert str(caught.value) == (
+        f"{confdir}/popbox.toml: listen[1].port: 127.0.0.1:{port} is already in use"
+    )
+
+
+def test_address_not_on_this_host_is_refused(confdir: Path) -> None:
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never a local address.
+    config = listening(confdir, ("192.0.2.1", 1110))
+    with pytest.raises(ConfigError) as caught:
+        check_ports_free(config)
+    assert str(caught.value) == (
+        f"{confdir}/popbox.toml: listen[0].address: 192.0.2.1 is not an address of this host"
+    )
