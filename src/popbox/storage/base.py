@@ -1,0 +1,87 @@
+"""The storage interface every mail store implements (shared/DESIGN.md, storage/).
+
+A MaildropStore opens one user's maildrop, taking the RFC 1939 section 8 exclusive lock
+("the POP3 server then acquires an exclusive-access lock on the maildrop"), which must hold
+across processes. The Maildrop it returns carries the listing snapshot fixed at open time,
+streams messages in blocks, and removes messages only when asked at UPDATE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# Size of the blocks a store yields from read(); large enough for bulk bytes operations,
+# small enough that a 100 MB message never sits in memory whole.
+READ_BLOCK_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One message of the listing snapshot.
+
+    key:       the store's own handle for the message (opaque to the protocol core).
+    octets:    the size as sent on the wire (RFC 1939 section 11): every line ends with
+               CRLF (a stored bare LF counts as two octets), a missing final line end counts
+               as the CRLF that will be sent, byte-stuffing dots are not counted.
+    unique_id: the UIDL (RFC 1939 section 7): 1-70 octets in 0x21-0x7E, stable forever.
+    """
+
+    key: str
+    octets: int
+    unique_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    """What UPDATE managed to remove. `failed` holds the keys that could not be removed."""
+
+    removed: tuple[str, ...]
+    failed: tuple[str, ...]
+
+
+class StoreError(Exception):
+    """The store cannot serve now (I/O error, unreachable database): `-ERR [SYS/TEMP]`."""
+
+
+class MaildropLocked(StoreError):
+    """Another session holds the maildrop's exclusive lock: `-ERR [IN-USE]`."""
+
+
+class MessageGone(StoreError):
+    """The message vanished since the snapshot was taken: `-ERR` for that message."""
+
+
+class Maildrop(Protocol):
+    """An open, locked maildrop. The lock is held until close()."""
+
+    @property
+    def listing(self) -> Sequence[MessageInfo]:
+        """The snapshot taken at open time, in message-number order (1..n)."""
+        ...
+
+    def read(self, key: str) -> AsyncIterator[bytes]:
+        """Yield the stored message in blocks of at most READ_BLOCK_SIZE octets.
+
+        Raises MessageGone (before the first block) if the message vanished, StoreError on
+        I/O failure. The bytes are as stored (LF or CRLF line ends); the protocol encoder
+        turns them into wire form.
+        """
+        ...
+
+    async def delete(self, keys: Sequence[str]) -> DeleteResult:
+        """Remove the messages (UPDATE state only). A message already gone counts as removed."""
+        ...
+
+    async def close(self) -> None:
+        """Release the lock and every resource. Safe to call more than once."""
+        ...
+
+
+class MaildropStore(Protocol):
+    """Where maildrops live (maildir today; mbox and postgresql later)."""
+
+    async def open(self, user: str) -> Maildrop:
+        """Lock and snapshot `user`'s maildrop. Raises MaildropLocked or StoreError."""
+        ...

@@ -1,0 +1,315 @@
+"""The Maildir mail store (cr.yp.to/proto/maildir.html), as Postfix and Dovecot write it.
+
+MaildirStore.open(user) validates the user name, creates an empty maildrop if there is none
+yet, takes the RFC 1939 section 8 exclusive lock (storage/locking.py) and fixes the listing
+snapshot (storage/maildir_listing.py). The returned MaildirMaildrop streams messages in
+blocks and removes them at UPDATE. All file-system work runs in worker threads, so a big
+maildrop or a slow disk never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import re
+from collections.abc import AsyncGenerator, Callable, Sequence
+from functools import partial
+from typing import TypeVar
+
+from popbox.auth.usernames import InvalidUsername, validate_username
+from popbox.storage.base import (
+    READ_BLOCK_SIZE,
+    DeleteResult,
+    MessageGone,
+    MessageInfo,
+    StoreError,
+)
+from popbox.storage.locking import MaildropLock
+from popbox.storage.maildir_listing import (
+    ALL_SUBDIRS,
+    MESSAGE_SUBDIRS,
+    Snapshot,
+    locate_message,
+    scan_messages,
+    take_snapshot,
+)
+
+__all__ = ["InvalidMaildropUser", "MaildirMaildrop", "MaildirStore", "expand_location"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# A maildrop we create is private to its owner (Maildir spec; Dovecot and Postfix do the same).
+_MAILDIR_MODE = 0o700
+
+# Blocks read per worker-thread hop when streaming: fewer hops for big messages while at
+# most this many READ_BLOCK_SIZE blocks (256 KiB) sit in memory per reader.
+_BLOCKS_PER_HOP = 4
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+# Location template fields, as in Dovecot's mail_location: %u user, %n its local part,
+# %d its domain (user@domain), %% a literal percent sign.
+_TEMPLATE_FIELD = re.compile(r"%(.?)", re.DOTALL)
+_TEMPLATE_KEYS = frozenset("und%")
+
+
+class InvalidMaildropUser(StoreError):
+    """The user name cannot name a maildrop (empty, "..", a "/" ...); nothing was touched."""
+
+
+def _check_template(template: str) -> None:
+    if not template:
+        raise ValueError("maildir location template is empty")
+    used = set(_TEMPLATE_FIELD.findall(template))
+    unknown = used - _TEMPLATE_KEYS
+    if unknown:
+        names = ", ".join(sorted(f"%{key}" for key in unknown))
+        raise ValueError(f"maildir location template {template!r}: unknown field {names}")
+    if not used & {"u", "n"}:
+        # Without the user in the path every user would share one maildrop.
+        raise ValueError(f"maildir location template {template!r} lacks %u or %n")
+
+
+def _path_part(value: str, field: str, user: str) -> str:
+    """A user-derived path component, refused if it could leave its directory."""
+    if value in {"", ".", ".."} or "/" in value or "\0" in value:
+        raise InvalidMaildropUser(f"user name {user!r} gives an unusable {field}")
+    return value
+
+
+def expand_location(template: str, user: str) -> str:
+    """The maildir path for `user`: %u, %n, %d and %% replaced; "~" is NOT expanded."""
+    local, _, domain = user.partition("@")
+    fields = {"u": user, "n": local, "d": domain, "%": "%"}
+
+    def substitute(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key == "%":
+            return "%"
+        return _path_part(fields[key], f"%{key}", user)
+
+    return _TEMPLATE_FIELD.sub(substitute, template)
+
+
+async def _in_thread_owned(func: Callable[[], _T], dispose: Callable[[_T], None]) -> _T:
+    """Run `func` in a worker thread; if we are cancelled meanwhile, `dispose` of what it
+    returns (a lock, a file descriptor) once it finishes, instead of leaking it."""
+    future = asyncio.get_running_loop().run_in_executor(None, func)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(partial(_dispose_result, dispose))
+        raise
+
+
+def _dispose_result(dispose: Callable[[_T], None], future: asyncio.Future[_T]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        dispose(future.result())
+
+
+def _prepare_and_lock(maildir: str) -> MaildropLock:
+    """Create the maildrop if missing (a user with no mail yet), then lock it."""
+    try:
+        os.makedirs(maildir, _MAILDIR_MODE, exist_ok=True)
+        for sub in ALL_SUBDIRS:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(os.path.join(maildir, sub), _MAILDIR_MODE)
+    except OSError as exc:
+        raise StoreError(f"cannot create maildir {maildir!r}: {exc}") from exc
+    return MaildropLock.acquire(maildir)
+
+
+class MaildirStore:
+    """Maildrops at `location_template` (e.g. "/srv/mail/%u/Maildir"), one per user."""
+
+    def __init__(self, location_template: str) -> None:
+        _check_template(location_template)
+        self.location_template = location_template
+
+    def __repr__(self) -> str:
+        return f"MaildirStore({self.location_template!r})"
+
+    def location(self, user: str) -> str:
+        """The user's maildir path. Raises InvalidMaildropUser; touches no file."""
+        try:
+            validate_username(user)
+        except InvalidUsername as exc:
+            raise InvalidMaildropUser(f"invalid user name {user!r}: {exc}") from exc
+        return expand_location(self.location_template, user)
+
+    async def open(self, user: str) -> MaildirMaildrop:
+        """Lock and snapshot the user's maildrop (RFC 1939 section 8).
+
+        Raises InvalidMaildropUser, MaildropLocked or StoreError.
+        """
+        maildir = self.location(user)
+        lock = await _in_thread_owned(partial(_prepare_and_lock, maildir), MaildropLock.release)
+        try:
+            snapshot = await asyncio.to_thread(take_snapshot, maildir)
+        except BaseException:
+            lock.release()
+            raise
+        return MaildirMaildrop(maildir, lock, snapshot)
+
+
+class MaildirMaildrop:
+    """An open, locked maildir; the listing is fixed until close()."""
+
+    def __init__(self, maildir: str, lock: MaildropLock, snapshot: Snapshot) -> None:
+        self.path = maildir
+        self._lock = lock
+        self._listing = snapshot.listing
+        self._paths = dict(snapshot.paths)
+
+    def __repr__(self) -> str:
+        state = "locked" if self._lock.held else "closed"
+        return f"<MaildirMaildrop {self.path!r} {len(self._listing)} messages {state}>"
+
+    @property
+    def listing(self) -> Sequence[MessageInfo]:
+        return self._listing
+
+    @property
+    def closed(self) -> bool:
+        return not self._lock.held
+
+    def _snapshot_path(self, key: str) -> str:
+        if self.closed:
+            raise StoreError(f"maildrop {self.path!r} is closed")
+        # An unknown key is the caller's bug, not a vanished message.
+        return self._paths[key]
+
+    async def read(self, key: str) -> AsyncGenerator[bytes, None]:
+        """Yield the message as stored, in blocks of at most READ_BLOCK_SIZE octets.
+
+        Raises MessageGone before the first block if the message vanished, StoreError on
+        other I/O errors, KeyError for a key not in the listing.
+        """
+        path = self._snapshot_path(key)
+        fd, found = await _in_thread_owned(partial(_open_message, self.path, key, path), _close)
+        self._paths[key] = found
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                reading = loop.run_in_executor(None, _read_blocks, fd, found)
+                try:
+                    blocks = await asyncio.shield(reading)
+                except asyncio.CancelledError:
+                    # The worker still uses fd: close it only when it is done, so the
+                    # number cannot be reused under the worker's feet.
+                    reading.add_done_callback(partial(_close_after, fd))
+                    fd = -1
+                    raise
+                for block in blocks:
+                    yield block
+                if len(blocks) < _BLOCKS_PER_HOP:
+                    return
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    async def delete(self, keys: Sequence[str]) -> DeleteResult:
+        """Unlink the messages (RFC 1939 section 6, UPDATE). Already gone counts as removed."""
+        jobs = [(key, self._snapshot_path(key)) for key in dict.fromkeys(keys)]
+        return await asyncio.to_thread(_delete_messages, self.path, jobs)
+
+    async def close(self) -> None:
+        """Release the lock (RFC 1939 section 6). Safe to call more than once."""
+        self._lock.release()
+
+
+def _close(opened: tuple[int, str]) -> None:
+    os.close(opened[0])
+
+
+def _close_after(fd: int, future: asyncio.Future[list[bytes]]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a read error after cancellation is not news
+    os.close(fd)
+
+
+def _open_message(maildir: str, key: str, path: str) -> tuple[int, str]:
+    """Open the message, following it if another agent moved it or changed its flags."""
+    try:
+        return os.open(path, _OPEN_FLAGS), path
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot open message {path!r}: {exc.strerror}") from exc
+    try:
+        moved = locate_message(maildir, key)
+        if moved is None:
+            raise MessageGone(f"message {key!r} is gone from {maildir!r}")
+        return os.open(moved, _OPEN_FLAGS), moved
+    except FileNotFoundError as exc:
+        raise MessageGone(f"message {key!r} is gone from {maildir!r}") from exc
+    except OSError as exc:
+        raise StoreError(f"cannot open message {key!r} in {maildir!r}: {exc}") from exc
+
+
+def _read_blocks(fd: int, path: str) -> list[bytes]:
+    """Up to _BLOCKS_PER_HOP full blocks; fewer only at end of file."""
+    blocks: list[bytes] = []
+    pending = b""
+    try:
+        while len(blocks) < _BLOCKS_PER_HOP:
+            chunk = os.read(fd, READ_BLOCK_SIZE - len(pending))
+            if not chunk:
+                break
+            pending += chunk
+            if len(pending) == READ_BLOCK_SIZE:
+                blocks.append(pending)
+                pending = b""
+    except OSError as exc:
+        raise StoreError(f"cannot read message {path!r}: {exc.strerror}") from exc
+    if pending:
+        blocks.append(pending)
+    return blocks
+
+
+def _delete_messages(maildir: str, jobs: list[tuple[str, str]]) -> DeleteResult:
+    removed: list[str] = []
+    failed: list[str] = []
+    current: dict[str, list[str]] | None = None  # scanned on the first moved message
+    for key, path in jobs:
+        try:
+            if not _unlink_if_present(path):
+                if current is None:
+                    current = scan_messages(maildir)
+                for moved in current.get(key, ()):
+                    _unlink_if_present(moved)
+            removed.append(key)
+        except OSError as exc:
+            logger.error("cannot delete message %r in %r: %s", key, maildir, exc)
+            failed.append(key)
+    _sync_directories(maildir)
+    return DeleteResult(removed=tuple(removed), failed=tuple(failed))
+
+
+def _unlink_if_present(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _sync_directories(maildir: str) -> None:
+    """fsync new/ and cur/ so the unlinks survive a crash (Maildir relies on directory
+    operations being durable). A failure here cannot undo the unlinks: log it only."""
+    for sub in MESSAGE_SUBDIRS:
+        directory = os.path.join(maildir, sub)
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # some file systems cannot fsync directories
+                logger.warning("cannot fsync %r: %s", directory, exc)
