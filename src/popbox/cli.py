@@ -1,0 +1,132 @@
+"""`popbox serve | demo | check-config | user ... | pw`; main(argv) -> exit code."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from popbox import __version__
+from popbox.config import Config, ConfigError, check_ports_free, load_config, parse_config
+from popbox.demo_data import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_PORT,
+    connect_hint,
+    demo_config,
+    ensure_demo_data,
+)
+from popbox.logsetup import setup_logging
+
+# Exit statuses: 0 ok, 1 operation failed, 2 usage or configuration error (sysexits-like).
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+log = logging.getLogger("popbox")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="popbox", description="A POP3 server.")
+    parser.add_argument("--version", action="version", version=f"popbox {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve POP3 (without --config: the demo setup)")
+    serve.add_argument("--config", type=Path, help="TOML configuration file")
+    demo = sub.add_parser("demo", help="serve the demo setup from a local data directory")
+    for demo_parser in (serve, demo):
+        demo_parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+        demo_parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="demo port")
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("config", type=Path)
+
+    user = sub.add_parser("user", help="edit the passwd-file")
+    user.add_argument("--config", type=Path, help="take auth.passwd_file from this config")
+    user.add_argument("--passwd-file", type=Path, help="the passwd-file to edit")
+    actions = user.add_subparsers(dest="action", required=True)
+    for name in ("add", "passwd"):
+        action = actions.add_parser(name)
+        action.add_argument("name")
+        action.add_argument("--scheme", default="ARGON2ID")
+        action.add_argument("--password-stdin", action="store_true", help="read one line")
+    actions.add_parser("del").add_argument("name")
+    actions.add_parser("list")
+
+    pw = sub.add_parser("pw", help="print a password hash, like `doveadm pw`")
+    pw.add_argument("-s", "--scheme", default="ARGON2ID")
+    pw.add_argument("-p", "--password", help="the password (default: ask)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command: str = args.command
+    try:
+        if command in ("serve", "demo"):
+            return _serve(args)
+        if command == "check-config":
+            load_config(args.config)
+            print(f"{args.config}: OK")
+            return EXIT_OK
+        if command == "user":
+            from popbox.cli_user import user_command  # noqa: PLC0415
+
+            return user_command(args, _passwd_path(args))
+        if command == "pw":
+            from popbox.cli_user import pw_command  # noqa: PLC0415
+
+            return pw_command(args)
+    except ConfigError as error:
+        print(f"popbox: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    raise AssertionError(command)
+
+
+def _passwd_path(args: argparse.Namespace) -> Path:
+    if args.passwd_file is not None:
+        return Path(args.passwd_file)
+    if args.config is not None:
+        return load_config(args.config).auth.passwd_file
+    raise ConfigError("give --passwd-file FILE or --config FILE")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config: Config
+    demo = getattr(args, "config", None) is None
+    if demo:
+        data_dir: Path = args.data_dir
+        created = ensure_demo_data(data_dir)
+        config = parse_config(
+            demo_config(data_dir, args.port),
+            base_dir=data_dir.resolve(),
+            source_name="<embedded default>",
+        )
+        if created:
+            print(f"popbox: created {data_dir}/ with a demo user and sample mail", flush=True)
+    else:
+        config = load_config(args.config)
+    check_ports_free(config)
+    setup_logging(config.log_level)
+
+    def ready(bound: list[tuple[str, int]]) -> None:
+        if demo:
+            port = bound[0][1]
+            print(f"popbox: serving POP3 on 127.0.0.1:{port} from {args.data_dir}/", flush=True)
+            print(connect_hint(port), flush=True)
+
+    from popbox.server.app import run, serve  # noqa: PLC0415
+
+    run(serve(config, on_ready=ready))
+    return EXIT_OK
+
+
+def run_cli() -> None:
+    sys.exit(main())
+
+
+def getpass_twice() -> str:
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Retype password: "):
+        raise ValueError("passwords do not match")
+    return first

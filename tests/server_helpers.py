@@ -1,0 +1,290 @@
+"""Start the real `popbox serve` as a subprocess on a free port and watch its log.
+
+No fixed ports and no sleeps (shared/STYLE.md item 8): the server binds port 0 and the
+test reads the port from its "listening on" log line; waits are on log lines or sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOSTNAME = "test.popbox.invalid"
+LISTENING = re.compile(r"listening on (\S+):(\d+) \(tls=none\)")
+
+
+@dataclass
+class LogWatcher:
+    lines: list[str] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    closed: bool = False
+
+    def follow(self, stream: object) -> None:
+        for raw in stream:  # type: ignore[attr-defined]
+            with self.cond:
+                self.lines.append(raw.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 15.0, start: int = 0) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines[start:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                remaining = deadline - time.monotonic()
+                if self.closed or remaining <= 0:
+                    text = "\n".join(self.lines)
+                    raise AssertionError(f"no log line matching {pattern!r}:\n{text}")
+                self.cond.wait(remaining)
+
+    def count(self, pattern: str) -> int:
+        with self.cond:
+            return sum(1 for line in self.lines if re.search(pattern, line))
+
+
+@dataclass
+class PopboxServer:
+    root: Path
+    process: subprocess.Popen[str]
+    log: LogWatcher
+    port: int
+    host: str = "127.0.0.1"
+
+    def maildir(self, user: str) -> Path:
+        return self.root / "mail" / user / "Maildir"
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def write_maildir(maildir: Path, messages: list[bytes], *, start: int = 0) -> list[str]:
+    """Deliver like a Maildir MDA: write to tmp/, rename into new/. Returns the names."""
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    names = []
+    for number, data in enumerate(messages, start):
+        name = f"{1_700_000_000 + number}.M{number}P{os.getpid()}.testhost"
+        (maildir / "tmp" / name).write_bytes(data)
+        os.rename(maildir / "tmp" / name, maildir / "new" / name)
+        names.append(name)
+    return names
+
+
+def write_config(root: Path, top: dict[str, object], extra: str = "") -> Path:
+    settings: dict[str, object] = {"hostname": HOSTNAME, "idle_timeout": 600} | top
+    lines = [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
+    lines = [line.replace("'", '"') for line in lines]
+    config = root / "popbox.toml"
+    config.write_text(
+        "\n".join(lines)
+        + '\n[[listen]]\naddress = "127.0.0.1"\nport = 0\n'
+        + '[auth]\npasswd_file = "users"\nfailure_delay = 0.3\n'
+        + '[mail]\nlocation = "maildir:mail/%u/Maildir"\n'
+        + extra
+    )
+    return config
+
+
+def start_popbox(
+    root: Path,
+    users: dict[str, str],
+    mail: dict[str, list[bytes]] | None = None,
+    **top: object,
+) -> PopboxServer:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "users").write_text("".join(f"{u}:{s}\n" for u, s in users.items()))
+    for user, messages in (mail or {}).items():
+        write_maildir(root / "mail" / user / "Maildir", messages)
+    config = write_config(root, top)
+    return launch(root, config)
+
+
+def launch(root: Path, config: Path) -> PopboxServer:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "popbox", "serve", "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watcher = LogWatcher()
+    threading.Thread(target=watcher.follow, args=(process.stdout,), daemon=True).start()
+    server = PopboxServer(root, process, watcher, 0)
+    RUNNING.append(server)
+    match = watcher.wait_for(LISTENING.pattern)
+    server.port, server.host = int(match.group(2)), match.group(1)
+    return server
+
+
+# Everything started by a test, for the fixture to clean up whatever the test did.
+RUNNING: list[PopboxServer] = []
+
+
+OPEN_CLIENTS: list[RawClient] = []
+
+
+class RawClient:
+    """A bare POP3 client over a socket, for exact bytes on the wire."""
+
+    def __init__(self, server: PopboxServer, timeout: float = 10.0) -> None:
+        import socket  # noqa: PLC0415
+
+        self.sock = socket.create_connection((server.host, server.port), timeout=timeout)
+        OPEN_CLIENTS.append(self)
+        self.buffer = b""
+        self.greeting = self.read_line()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError(self.buffer)
+        self.buffer += chunk
+
+    def read_line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            self._fill()
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line + b"\r\n"
+
+    def read_multiline(self) -> bytes:
+        """A status line; if +OK, everything up to and including CRLF.CRLF."""
+        status = self.read_line()
+        if not status.startswith(b"+OK"):
+            return status
+        buf = bytearray(self.buffer)
+        if buf.startswith(b".\r\n"):  # an empty body: the terminator comes first
+            self.buffer = bytes(buf[3:])
+            return status + b".\r\n"
+        scanned = 0
+        while (end := buf.find(b"\r\n.\r\n", max(0, scanned - 4))) < 0:
+            scanned = len(buf)
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError(bytes(buf))
+            buf += chunk
+        self.buffer = bytes(buf[end + 5 :])
+        return status + bytes(buf[: end + 5])
+
+    def command(self, line: bytes) -> bytes:
+        self.send(line + b"\r\n")
+        return self.read_line()
+
+    def login(self, user: str, password: str) -> bytes:
+        assert self.command(b"USER " + user.encode()) == b"+OK send PASS\r\n"
+        return self.command(b"PASS " + password.encode())
+
+    def read_until_closed(self) -> bytes:
+        while True:
+            try:
+                self._fill()
+            except EOFError:
+                data, self.buffer = self.buffer, b""
+                return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def crlf(data: bytes) -> bytes:
+    """The wire form of a stored message (RFC 1939 section 11), before stuffing."""
+    wire = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return wire + b"\r\n" if wire and not wire.endswith(b"\r\n") else wire
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# --- Real POP3 clients (tests/server/test_clients_*.py) ---------------------------------
+
+# The ~2 MiB message spans many of the server's 64 KiB storage blocks; every 7th line
+# starts with "." so byte-stuffing happens on both sides of block boundaries.
+BIG_MESSAGE_OCTETS = 2 * 1024 * 1024
+
+
+def client_corpus() -> list[bytes]:
+    """Stored messages, oldest first, covering the wire edges (shared/STYLE.md item 7)."""
+    big_lines = []
+    size = 0
+    number = 0
+    while size < BIG_MESSAGE_OCTETS:
+        dot = b"." if number % 7 == 0 else b""
+        line = dot + b"%06d " % number + b"abcdefghijklmnopqrstuvwxyz" * (number % 5 + 1) + b"\n"
+        big_lines.append(line)
+        size += len(line)
+        number += 1
+    header = b"From: alice@example.org\nSubject: "
+    return [
+        b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: CRLF message\r\n"
+        b"\r\nLine one.\r\nLine two.\r\n",
+        header + b"LF-only message\n\nLine one.\nLine two.\n",
+        header + b"dots\n\n.leading dot\n..two dots\n.\n..\nafter the lone dot\n.",
+        header + b"no final newline\n\nlast line has no newline",
+        header + b"empty body\n\n",
+        header + b"big\n\n" + b"".join(big_lines),
+        header + b"8-bit\nContent-Type: text/plain; charset=utf-8\n"
+        b"Content-Transfer-Encoding: 8bit\n\n"
+        + "Grüße, naïve café, 日本語\n".encode()
+        + b"latin-1: caf\xe9 \xfc\xdf\n",
+        header + b"998-octet line\n\n" + b"x" * 998 + b"\nshort line\n",
+    ]
+
+
+def wire_form(stored: bytes) -> bytes:
+    """A message as RETR carries it, unstuffed (RFC 1939 section 3): every line end CRLF
+    (a bare LF gains a CR) and a CRLF added after a last line that lacks one."""
+    data = re.sub(rb"\r?\n", b"\r\n", stored)
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def lf_form(stored: bytes) -> bytes:
+    """The wire form with LF line ends, as MDAs and Maildir deliveries store it."""
+    return wire_form(stored).replace(b"\r\n", b"\n")
+
+
+def maildir_contents(maildir: Path) -> list[bytes]:
+    """The messages in new/ and cur/, ordered by base name (the delivery order here)."""
+    files = [*(maildir / "new").iterdir(), *(maildir / "cur").iterdir()]
+    files.sort(key=lambda path: path.name.split(":")[0])
+    return [path.read_bytes() for path in files]
+
+
+def numbering_mda(directory: Path) -> Path:
+    """An MDA script: `SCRIPT DIR` stores stdin byte for byte as DIR/0001, DIR/0002, ..."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory.parent / f"{directory.name}-mda.sh"
+    script.write_text(
+        '#!/bin/sh\nset -e\nn=$(($(ls "$1" | wc -l) + 1))\ncat > "$1/$(printf %04d "$n")"\n'
+    )
+    script.chmod(0o700)
+    return script
