@@ -111,13 +111,15 @@ def start_popbox(
     root: Path,
     users: dict[str, str],
     mail: dict[str, list[bytes]] | None = None,
-    **top: object,
+    top: dict[str, object] | None = None,
+    extra: str = "",
 ) -> PopboxServer:
+    """Write users, Maildirs and a config (top-level keys, extra TOML tables), then launch."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "users").write_text("".join(f"{u}:{s}\n" for u, s in users.items()))
     for user, messages in (mail or {}).items():
         write_maildir(root / "mail" / user / "Maildir", messages)
-    config = write_config(root, top)
+    config = write_config(root, top or {}, extra)
     return launch(root, config)
 
 

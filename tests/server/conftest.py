@@ -16,9 +16,14 @@ def popbox(tmp_path: Path) -> Iterator[Starter]:
     started: list[PopboxServer] = []
 
     def start(
-        users: dict[str, str], mail: dict[str, list[bytes]] | None = None, **top: object
+        users: dict[str, str],
+        mail: dict[str, list[bytes]] | None = None,
+        *,
+        extra: str = "",
+        **top: object,
     ) -> PopboxServer:
-        server = start_popbox(tmp_path / f"server{len(started)}", users, mail, **top)
+        root = tmp_path / f"server{len(started)}"
+        server = start_popbox(root, users, mail, top, extra)
         started.append(server)
         return server
 

@@ -52,6 +52,7 @@ class Pop3Connection(asyncio.Protocol):
         self._session: Pop3Session | None = None
         self._data_arrived = asyncio.Event()
         self._lost = False
+        self._eof = False  # the client half-closed: answer what it sent, then close
         self._writable: asyncio.Future[None] | None = None
         self._maildrop: Maildrop | None = None
         self.peer = "?"
@@ -93,9 +94,11 @@ class Pop3Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        self._lost = True
+        # `printf 'USER a\r\nPASS b\r\nQUIT\r\n' | nc` half-closes after its last command:
+        # keep the transport open so the pending commands still get their replies.
+        self._eof = True
         self._data_arrived.set()
-        return None
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -197,7 +200,7 @@ class Pop3Connection(asyncio.Protocol):
                 self._write(b"".join(out))
                 out.clear()
             if isinstance(event, NeedData):
-                if self._lost:
+                if self._lost or self._eof:
                     return "disconnected"
                 await self._drain()
                 if not await self._wait_for_data(last_command + idle_timeout - loop.time()):
