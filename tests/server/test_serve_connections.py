@@ -7,6 +7,7 @@ import shutil
 import socket
 
 from conftest import Starter
+
 from server_helpers import RawClient
 
 USERS = {"alice": "{PLAIN}secret"}
