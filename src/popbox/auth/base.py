@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+from popbox.sasl.base import ScramCredentials
+
 
 class AuthOutcome(enum.Enum):
     OK = "ok"
@@ -21,7 +23,7 @@ class AuthOutcome(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class AuthResult:
     outcome: AuthOutcome
-    # The canonical user name on success (the maildrop owner), else None.
+    # The canonical user name on success (the maildrop owner, RFC 8265 prepared), else None.
     user: str | None = None
 
     @property
@@ -36,4 +38,21 @@ class Authenticator(Protocol):
 
     async def verify_apop(self, user: str, timestamp: str, digest: str) -> AuthResult:
         """APOP (RFC 1939 section 7): digest = hex MD5(timestamp + secret); PLAIN secrets only."""
+        ...
+
+    async def verify_cram_md5(self, user: str, challenge: bytes, digest: str) -> AuthResult:
+        """CRAM-MD5 (RFC 2195): digest = hex HMAC-MD5(secret, challenge); needs a PLAIN or
+        {CRAM-MD5} secret, any other answers INVALID_CREDENTIALS."""
+        ...
+
+    async def scram_credentials(self, user: str, mechanism: str) -> ScramCredentials | None:
+        """The SCRAM verifier (RFC 5802) of `user` for `mechanism` ("SCRAM-SHA-1",
+        "SCRAM-SHA-256", either with "-PLUS"); None for an unknown user or a secret that
+        cannot serve it (the mechanism then fails at the proof). ValueError for any other
+        mechanism."""
+        ...
+
+    async def verify_bearer(self, user: str | None, token: str) -> AuthResult:
+        """OAUTHBEARER (RFC 7628) / XOAUTH2: the token's claim names the user; `user` is
+        the user the client named (authzid, XOAUTH2 user=), if any, and must match it."""
         ...

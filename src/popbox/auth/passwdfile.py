@@ -1,38 +1,49 @@
-"""Users in a Dovecot passwd-file, and the edits behind `popbox user add|passwd|del|list`.
+"""Users in a Dovecot passwd-file: reading, authenticating, and `popbox user ...` edits.
 
-Line format (https://doc.dovecot.org/2.3/configuration_manual/authentication/passwd_file/):
+The line format and name canonicalisation are in passwdformat.py, the edits in
+passwdedit.py; both are re-exported here. A user listed twice keeps its first line (as
+Dovecot's db-passwd-file.c).
 
-    user:{SCHEME}secret:uid:gid:gecos:home:shell:extra_fields
-
-Only the user and password fields are needed to log in. Empty lines and lines starting with
-`#` or `:` are skipped; a user listed twice keeps its first line, and extra fields may contain
-`:` (all as Dovecot's db-passwd-file.c). Secrets without `{SCHEME}` are CRYPT.
+PasswdFileAuthenticator prepares names and passwords as RFC 8265 says (auth/precis.py)
+before lookup and verification. A password that is not valid PRECIS text (octets that
+are not UTF-8 from a legacy client, control characters) is verified as received, as
+Dovecot would. Bearer tokens (OAUTHBEARER, XOAUTH2) are accepted only for users listed in
+the file, whatever their password field says (even none): the file stays the one list of
+who has a maildrop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import fcntl
+import dataclasses
 import functools
 import hashlib
 import hmac
 import logging
 import os
 import secrets
-import stat
-import tempfile
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from popbox.auth import schemes
+from popbox.auth import mechsecrets, schemes, scramkeys
 from popbox.auth.base import AuthOutcome, AuthResult
-from popbox.auth.usernames import InvalidUsername, validate_username
+from popbox.auth.oauth import BearerVerifier
+from popbox.auth.passwdedit import NEW_FILE_MODE, add_user, delete_user, set_password
+from popbox.auth.passwdformat import (
+    PASSWD_FILE_DEFAULT_SCHEME,
+    NoSuchUser,
+    PasswdEntry,
+    PasswdFileError,
+    StrPath,
+    UserExists,
+    parse_line,
+)
+from popbox.auth.precis import canonical_username, normalize_password
+from popbox.auth.usernames import InvalidUsername
+from popbox.sasl.base import ScramCredentials
 
 __all__ = [
+    "NEW_FILE_MODE",
+    "PASSWD_FILE_DEFAULT_SCHEME",
     "NoSuchUser",
     "PasswdEntry",
     "PasswdFile",
@@ -49,70 +60,30 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Mode of a passwd-file we create: it holds password hashes (Dovecot's docs advise 0600).
-NEW_FILE_MODE = 0o600
-# The passwd-file's default scheme (Dovecot: passdb passwd-file `scheme=CRYPT`).
-PASSWD_FILE_DEFAULT_SCHEME = "CRYPT"
-_FIELDS_BEFORE_EXTRA = 7  # user, password, uid, gid, gecos, home, shell
-
-StrPath = str | os.PathLike[str]
-
-
-class PasswdFileError(Exception):
-    """A passwd-file problem; the message names the file and can be shown to the admin."""
-
-
-class UserExists(PasswdFileError):
-    """`add_user` for a name already in the file."""
-
-
-class NoSuchUser(PasswdFileError):
-    """`set_password`/`delete_user` for a name not in the file."""
-
-
-@dataclass(frozen=True, slots=True)
-class PasswdEntry:
-    user: str
-    secret: str = field(repr=False)
-    uid: str = ""
-    gid: str = ""
-    gecos: str = ""
-    home: str = ""
-    shell: str = ""
-    # Everything after the shell, `:` included, as written (Dovecot: space-separated
-    # key=value extra fields).
-    extra_fields: str = ""
-
-
-def parse_line(line: str) -> PasswdEntry | None:
-    """One passwd-file line (without its newline) -> entry, or None for comments/blanks."""
-    line = line.removesuffix("\r")
-    if not line or line[0] in "#:":
-        return None
-    fields = line.split(":")
-    user, secret, uid, gid, gecos, home, shell = fields[:_FIELDS_BEFORE_EXTRA] + [""] * (
-        _FIELDS_BEFORE_EXTRA - len(fields)
-    )
-    extra = ":".join(fields[_FIELDS_BEFORE_EXTRA:])
-    return PasswdEntry(user, secret, uid, gid, gecos, home, shell, extra)
+# Keys the salts of SCRAM verifiers derived from PLAIN secrets (mechsecrets.scram_salt):
+# one per process, so a client sees the same salt on every login to this process.
+_SCRAM_SALT_KEY = secrets.token_bytes(32)
 
 
 def parse_passwd_file(data: bytes, path: str = "passwd-file") -> dict[str, PasswdEntry]:
-    """All usable entries by user name, in file order; the first line of a user wins."""
+    """All usable entries by canonical user name, in file order; a user's first line wins.
+
+    An entry's `user` is its canonical (RFC 8265) name; names that have none are skipped.
+    """
     entries: dict[str, PasswdEntry] = {}
     for number, raw in enumerate(data.split(b"\n"), start=1):
         entry = parse_line(raw.decode("utf-8", "surrogateescape"))
         if entry is None:
             continue
         try:
-            validate_username(entry.user)
+            user = canonical_username(entry.user)
         except InvalidUsername as exc:
             log.warning("%s line %d: skipped: %s", path, number, exc)
             continue
-        if entry.user in entries:
-            log.warning("%s line %d: user %s exists more than once", path, number, entry.user)
+        if user in entries:
+            log.warning("%s line %d: user %s exists more than once", path, number, user)
             continue
-        entries[entry.user] = entry
+        entries[user] = entry if user == entry.user else dataclasses.replace(entry, user=user)
     return entries
 
 
@@ -127,7 +98,7 @@ class PasswdFile:
         self._lock = threading.Lock()
 
     def lookup(self, user: str) -> PasswdEntry | None:
-        """The entry for `user`; raises OSError if the file cannot be read."""
+        """The entry for canonical name `user`; raises OSError if the file cannot be read."""
         with self._lock:
             self._refresh()
             return self._entries.get(user)
@@ -163,29 +134,79 @@ _INVALID = AuthResult(AuthOutcome.INVALID_CREDENTIALS)
 _TEMPORARY = AuthResult(AuthOutcome.TEMPORARY_FAILURE)
 
 
-class PasswdFileAuthenticator:
-    """The Authenticator (auth/base.py) over a passwd-file."""
+def _canonical(user: str) -> str | None:
+    try:
+        return canonical_username(user)
+    except InvalidUsername:
+        return None
 
-    def __init__(self, path: StrPath) -> None:
+
+def _prepared_password(password: str) -> str:
+    """The OpaqueString form, or the password as received if it is not PRECIS text."""
+    try:
+        return normalize_password(password)
+    except ValueError:
+        return password
+
+
+class PasswdFileAuthenticator:
+    """The Authenticator (auth/base.py) over a passwd-file, optionally with bearer tokens."""
+
+    def __init__(self, path: StrPath, *, oauth: BearerVerifier | None = None) -> None:
         self._file = PasswdFile(path)
+        self._oauth = oauth
 
     async def verify_password(self, user: str, password: str) -> AuthResult:
-        if not password:
-            # Never a valid password, whatever the file says (`{PLAIN}` with nothing after).
-            return _INVALID
-        try:
-            validate_username(user)
-        except InvalidUsername:
+        name = _canonical(user)
+        if not password or name is None:
+            # An empty password is never valid, whatever the file says (`{PLAIN}` alone).
             return _INVALID
         # argon2/bcrypt take tens of milliseconds of CPU: keep them off the event loop.
-        return await asyncio.to_thread(self._verify_password, user, password)
+        return await asyncio.to_thread(self._verify_password, name, _prepared_password(password))
 
     async def verify_apop(self, user: str, timestamp: str, digest: str) -> AuthResult:
-        try:
-            validate_username(user)
-        except InvalidUsername:
+        name = _canonical(user)
+        if name is None:
             return _INVALID
-        return await asyncio.to_thread(self._verify_apop, user, timestamp, digest)
+        return await asyncio.to_thread(self._verify_apop, name, timestamp, digest)
+
+    async def verify_cram_md5(self, user: str, challenge: bytes, digest: str) -> AuthResult:
+        name = _canonical(user)
+        if name is None:
+            return _INVALID
+        return await asyncio.to_thread(self._verify_cram_md5, name, challenge, digest)
+
+    async def scram_credentials(self, user: str, mechanism: str) -> ScramCredentials | None:
+        # A mechanism other than SCRAM-SHA-1/256[-PLUS] is the caller's bug: ValueError.
+        scramkeys.scram_hash(mechanism)
+        name = _canonical(user)
+        if name is None:
+            return None
+        # Deriving from a PLAIN secret is a PBKDF2: CPU work, off the event loop.
+        return await asyncio.to_thread(self._scram_credentials, name, mechanism)
+
+    async def verify_bearer(self, user: str | None, token: str) -> AuthResult:
+        if self._oauth is None:
+            return _INVALID
+        result = self._oauth.verify(token, user)
+        if not result.ok or result.user is None:
+            log.info("bearer token refused: %s", result.error)
+            return _INVALID
+        name = _canonical(result.user)
+        if name is None:
+            log.info(
+                "bearer token refused: the %s claim is no user name",
+                self._oauth.config.username_claim,
+            )
+            return _INVALID
+        try:
+            entry = await asyncio.to_thread(self._lookup, name)
+        except OSError:
+            return _TEMPORARY
+        if entry is None:
+            log.info("bearer token refused: %s is not in passwd-file %s", name, self._file.path)
+            return _INVALID
+        return AuthResult(AuthOutcome.OK, entry.user)
 
     def _lookup(self, user: str) -> PasswdEntry | None:
         try:
@@ -193,6 +214,9 @@ class PasswdFileAuthenticator:
         except OSError as exc:
             log.error("passwd-file %s: cannot read: %s", self._file.path, exc.strerror)
             raise
+
+    def _unusable(self, user: str, exc: Exception) -> None:
+        log.warning("passwd-file %s: user %s: unusable password: %s", self._file.path, user, exc)
 
     def _verify_password(self, user: str, password: str) -> AuthResult:
         try:
@@ -208,9 +232,7 @@ class PasswdFileAuthenticator:
                 password, entry.secret, default_scheme=PASSWD_FILE_DEFAULT_SCHEME
             )
         except schemes.SchemeError as exc:
-            log.warning(
-                "passwd-file %s: user %s: unusable password: %s", self._file.path, user, exc
-            )
+            self._unusable(user, exc)
             return _INVALID
         return AuthResult(AuthOutcome.OK, entry.user) if matched else _INVALID
 
@@ -237,58 +259,49 @@ class PasswdFileAuthenticator:
             return _INVALID
         return AuthResult(AuthOutcome.OK, entry.user)
 
+    def _verify_cram_md5(self, user: str, challenge: bytes, digest: str) -> AuthResult:
+        """RFC 2195: digest = hex HMAC-MD5(secret, challenge)."""
+        try:
+            entry = self._lookup(user)
+        except OSError:
+            return _TEMPORARY
+        expected = None
+        if entry is not None:
+            try:
+                expected = mechsecrets.cram_md5_digest(
+                    entry.secret, challenge, default_scheme=PASSWD_FILE_DEFAULT_SCHEME
+                )
+            except schemes.SchemeError as exc:
+                self._unusable(user, exc)
+        # Unknown users and unusable secrets answer like a wrong digest, after the same work.
+        key_digest = expected or hmac.digest(secrets.token_bytes(16), challenge, "md5")
+        matched = hmac.compare_digest(key_digest.hex().encode(), _octets(digest.lower()))
+        if entry is None or expected is None or not matched:
+            return _INVALID
+        return AuthResult(AuthOutcome.OK, entry.user)
+
+    def _scram_credentials(self, user: str, mechanism: str) -> ScramCredentials | None:
+        try:
+            entry = self._lookup(user)
+        except OSError:
+            return None  # the proof fails; the read error is logged
+        if entry is None:
+            mechsecrets.dummy_scram_work(mechanism)
+            return None
+        try:
+            return mechsecrets.scram_credentials(
+                entry.secret,
+                mechanism,
+                mechsecrets.scram_salt(_SCRAM_SALT_KEY, entry.user),
+                default_scheme=PASSWD_FILE_DEFAULT_SCHEME,
+            )
+        except schemes.SchemeError as exc:
+            self._unusable(user, exc)
+            return None
+
 
 def _octets(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
-
-
-# --- editing, for the CLI -------------------------------------------------------------
-
-
-def add_user(path: StrPath, user: str, password: str, scheme: str = schemes.DEFAULT_SCHEME) -> None:
-    """Append `user:{SCHEME}hash`; creates the file (mode 0600) if missing.
-
-    Raises InvalidUsername, schemes.UnknownScheme, ValueError (empty password), UserExists
-    or PasswdFileError; all carry a message for the admin.
-    """
-    validate_username(user)
-    line = f"{user}:{schemes.hash_password(password, scheme)}".encode()
-    with _editing(path) as (real, lines):
-        if _find(lines, user):
-            raise UserExists(f"{real}: user {user} already exists")
-        if lines[-1] == b"":
-            lines[-1:] = [line, b""]
-        else:  # no final newline: end the last line first
-            lines.extend([line, b""])
-        _replace(real, lines)
-
-
-def set_password(
-    path: StrPath, user: str, password: str, scheme: str = schemes.DEFAULT_SCHEME
-) -> None:
-    """Replace the password field of `user`'s line, keeping its other fields."""
-    validate_username(user)
-    secret = schemes.hash_password(password, scheme).encode()
-    with _editing(path, must_exist=True) as (real, lines):
-        found = _find(lines, user)
-        if not found:
-            raise NoSuchUser(f"{real}: no user {user}")
-        index = found[0]  # the line Dovecot (and we) read
-        # Keep a CRLF line a CRLF line.
-        cr = b"\r" if lines[index].endswith(b"\r") else b""
-        fields = lines[index].removesuffix(b"\r").split(b":")
-        lines[index] = b":".join([fields[0], secret, *fields[2:]]) + cr
-        _replace(real, lines)
-
-
-def delete_user(path: StrPath, user: str) -> None:
-    """Remove every line of `user` (a later duplicate would otherwise take over)."""
-    validate_username(user)
-    with _editing(path, must_exist=True) as (real, lines):
-        found = set(_find(lines, user))
-        if not found:
-            raise NoSuchUser(f"{real}: no user {user}")
-        _replace(real, [line for index, line in enumerate(lines) if index not in found])
 
 
 def list_users(path: StrPath) -> list[str]:
@@ -297,92 +310,3 @@ def list_users(path: StrPath) -> list[str]:
         return PasswdFile(path).users()
     except OSError as exc:
         raise PasswdFileError(f"{os.fspath(path)}: cannot read: {exc.strerror}") from exc
-
-
-def _find(lines: list[bytes], user: str) -> list[int]:
-    """Indexes of the lines that belong to `user`."""
-    return [
-        index
-        for index, line in enumerate(lines)
-        if (entry := parse_line(line.decode("utf-8", "surrogateescape"))) is not None
-        and entry.user == user
-    ]
-
-
-@contextlib.contextmanager
-def _editing(path: StrPath, must_exist: bool = False) -> Iterator[tuple[Path, list[bytes]]]:
-    """Lock the file's directory and yield (real path, lines split at LF).
-
-    Joining the lines with LF gives back the file byte for byte. The lock is an flock on
-    the directory, because the atomic replace gives the file a new inode each time.
-    """
-    real = Path(os.path.realpath(path))
-    try:
-        dir_fd = os.open(real.parent, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise PasswdFileError(f"{real.parent}: cannot open: {exc.strerror}") from exc
-    try:
-        fcntl.flock(dir_fd, fcntl.LOCK_EX)
-        try:
-            data = real.read_bytes()
-        except FileNotFoundError as exc:
-            if must_exist:
-                raise PasswdFileError(f"{real}: no such file") from exc
-            data = b""
-        except OSError as exc:
-            raise PasswdFileError(f"{real}: cannot read: {exc.strerror}") from exc
-        yield real, data.split(b"\n")
-    finally:
-        os.close(dir_fd)  # also releases the flock
-
-
-def _replace(real: Path, lines: list[bytes]) -> None:
-    """Atomically write `lines` to `real`: temp file in the same directory, fsync, rename."""
-    try:
-        _write_atomic(real, b"\n".join(lines))
-    except OSError as exc:
-        raise PasswdFileError(f"{real}: cannot write: {exc.strerror}") from exc
-
-
-def _write_atomic(real: Path, data: bytes) -> None:
-    try:
-        old: os.stat_result | None = os.stat(real)
-    except FileNotFoundError:
-        old = None
-    fd, temp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), stat.S_IMODE(old.st_mode) if old else NEW_FILE_MODE)
-            if old is not None:
-                _keep_owner(real, handle.fileno(), old)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, real)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(real.parent)
-
-
-def _keep_owner(real: Path, fd: int, old: os.stat_result) -> None:
-    """Give the new file the old one's owner, so the server can still read it."""
-    if (old.st_uid, old.st_gid) == (os.geteuid(), os.getegid()):
-        return
-    try:
-        os.fchown(fd, old.st_uid, old.st_gid)
-    except PermissionError:
-        # Not root: the edited file now belongs to us, as with any editor.
-        log.warning("%s: cannot keep owner %d:%d", real, old.st_uid, old.st_gid)
-
-
-def _fsync_directory(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some filesystems cannot fsync a directory
-            raise
-    finally:
-        os.close(dir_fd)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 import hmac
 import os
@@ -38,14 +39,17 @@ from passlib.hash import (  # type: ignore[import-untyped]
     sha512_crypt,
 )
 
+from popbox.auth import scramkeys
 from popbox.auth.crammd5 import CRAM_MD5_CONTEXT_OCTETS, cram_md5_context
 
 __all__ = [
     "DEFAULT_SCHEME",
+    "PLAIN_SCHEMES",
     "SUPPORTED_SCHEMES",
     "MalformedSecret",
     "SchemeError",
     "UnknownScheme",
+    "decode_secret",
     "hash_password",
     "plain_secret",
     "verify",
@@ -239,6 +243,12 @@ def _md5_verify(password: bytes, raw: bytes) -> bool:
     return _check(scheme, password, _decode(raw.decode("ascii", "replace"), scheme, None))
 
 
+def _scram(hash_name: str) -> _Scheme:
+    """{SCRAM-SHA-1}, {SCRAM-SHA-256}: Dovecot's password-scheme-scram.c (auth/scramkeys.py)."""
+    generate = functools.partial(scramkeys.generate_verifier, hash_name)
+    return _Scheme(_Encoding.NONE, 0, generate, functools.partial(scramkeys.check, hash_name))
+
+
 _PLAIN = _Scheme(_Encoding.NONE, 0, _plain_generate)
 _PLAIN_NAMES = frozenset({"PLAIN", "CLEAR", "CLEARTEXT"})
 _CRAM = _Scheme(_Encoding.HEX, CRAM_MD5_CONTEXT_OCTETS, cram_md5_context)
@@ -265,12 +275,15 @@ _SCHEMES: dict[str, _Scheme] = {
     "SHA1": _Scheme(_Encoding.BASE64, 20, _digest("sha1")),
     "PLAIN-MD5": _Scheme(_Encoding.HEX, 16, _digest("md5")),
     "LDAP-MD5": _Scheme(_Encoding.BASE64, 16, _digest("md5")),
+    "SCRAM-SHA-256": _scram("sha256"),
+    "SCRAM-SHA-1": _scram("sha1"),
     "CRAM-MD5": _CRAM,
     "HMAC-MD5": _CRAM,
     **dict.fromkeys(sorted(_PLAIN_NAMES), _PLAIN),
 }
 
 SUPPORTED_SCHEMES: tuple[str, ...] = tuple(_SCHEMES)
+PLAIN_SCHEMES = _PLAIN_NAMES
 
 
 # --- parsing and the public API -----------------------------------------------------
@@ -337,9 +350,12 @@ def _password_octets(password: str) -> bytes:
 
 
 def _check(scheme: _Scheme, password: bytes, raw: bytes) -> bool:
-    if scheme.check is not None:
+    if scheme.check is None:
+        return _equal(scheme.generate(password), raw)
+    try:
         return scheme.check(password, raw)
-    return _equal(scheme.generate(password), raw)
+    except scramkeys.ScramVerifierError as exc:
+        raise MalformedSecret(str(exc)) from None
 
 
 def verify(password: str, stored: str, *, default_scheme: str = "CRYPT") -> bool:
@@ -367,6 +383,13 @@ def hash_password(password: str, scheme: str = DEFAULT_SCHEME) -> str:
         raise ValueError("a password cannot contain a NUL character")
     raw = found.generate(octets)
     return "{" + scheme.upper() + "}" + _encode(raw, explicit or found.encoding)
+
+
+def decode_secret(stored: str, *, default_scheme: str = "CRYPT") -> tuple[str, bytes]:
+    """(NAME without encoding suffix, raw secret): for CRAM-MD5 and SCRAM; raises as verify()."""
+    name, secret = _split(stored, default_scheme)
+    scheme, explicit = _lookup(name)
+    return name.upper().partition(".")[0], _decode(secret, scheme, explicit)
 
 
 def plain_secret(stored: str, *, default_scheme: str = "CRYPT") -> str | None:
