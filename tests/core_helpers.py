@@ -10,11 +10,19 @@ from popbox.protocol.events import (
     AuthenticateApop,
     CloseConnection,
     CommitUpdate,
+    Event,
     NeedData,
+    OpenMaildrop,
     Reply,
     Retrieve,
+    SaslCheck,
+    SaslFailed,
+    ScramLookup,
+    StartTls,
 )
 from popbox.protocol.session import Pop3Session, SessionConfig
+from popbox.sasl.base import CheckBearer, CheckCramMd5, CheckPassword
+from popbox.sasl.scram import derive_credentials
 
 TIMESTAMP = "<1.2@test.example>"
 GREETING = b"+OK POP3 server ready <1.2@test.example>\r\n"
@@ -45,13 +53,23 @@ class FakeDriver:
     locked: bool = False
     committed: list[tuple[str, ...]] = field(default_factory=list)
     closed: bool = False
+    mechanisms: tuple[str, ...] = ()
+    stls_available: bool = False
+    tls_started: int = 0
+    # Arrives "through TLS" right after the handshake (the client's first TLS command).
+    after_handshake: bytes = b""
+    nonces: list[str] = field(default_factory=lambda: [f"nonce{i}" for i in range(100)])
 
     def __post_init__(self) -> None:
         self.session = Pop3Session(
             SessionConfig(
                 TIMESTAMP,
+                hostname="test.example",
                 plaintext_allowed=self.plaintext_allowed,
                 max_bad_commands=self.max_bad_commands,
+                mechanisms=self.mechanisms,
+                stls_available=self.stls_available,
+                nonce=lambda: self.nonces.pop(0),
             )
         )
         self.out = bytearray(self.session.greeting().data)
@@ -74,17 +92,16 @@ class FakeDriver:
     def feed_chunks(self, chunks: Iterable[bytes]) -> bytes:
         return b"".join(self.feed(chunk) for chunk in chunks)
 
-    def _handle(self, event: object) -> None:
+    def _handle(self, event: Event) -> None:
         s = self.session
+        while not isinstance(event, Reply | CloseConnection | Retrieve | CommitUpdate | NeedData):
+            event = self._answer(event)
+        if isinstance(event, NeedData):
+            return
         if isinstance(event, Reply):
             self.out += event.data
         elif isinstance(event, CloseConnection):
             self.closed = True
-        elif isinstance(event, Authenticate):
-            ok = event.password == PASSWORD and event.user == "alice"
-            self._login(ok, event.user)
-        elif isinstance(event, AuthenticateApop):
-            self._login(event.user == "alice" and event.digest == apop_digest(), event.user)
         elif isinstance(event, Retrieve):
             self._retrieve(event)
         elif isinstance(event, CommitUpdate):
@@ -95,14 +112,53 @@ class FakeDriver:
         else:  # pragma: no cover - a new event type this driver does not know
             raise AssertionError(event)
 
-    def _login(self, ok: bool, user: str) -> None:
+    def _answer(self, event: Event) -> Event:
+        """Answer a request like the server would, with user alice / PASSWORD."""
+        s = self.session
+        if isinstance(event, Authenticate):
+            return self._login(event.password == PASSWORD and event.user == "alice", event.user)
+        if isinstance(event, AuthenticateApop):
+            return self._login(event.user == "alice" and event.digest == apop_digest(), "alice")
+        if isinstance(event, SaslCheck):
+            return self._sasl_check(event)
+        if isinstance(event, ScramLookup):
+            found = None
+            if event.user == "alice":
+                found = derive_credentials(event.mechanism, PASSWORD, b"salt" * 4, 4096)
+            return s.scram_credentials(found)
+        if isinstance(event, OpenMaildrop):
+            return self._login(True, event.user)
+        if isinstance(event, SaslFailed):
+            return s.auth_rejected()
+        if isinstance(event, StartTls):
+            self.out += event.reply
+            self.tls_started += 1
+            self.session.receive_data(self.after_handshake)
+            s.tls_established(plaintext_allowed=True, mechanisms=self.mechanisms)
+            return NeedData()
+        raise AssertionError(event)  # pragma: no cover
+
+    def _sasl_check(self, event: SaslCheck) -> Event:
+        import hmac  # noqa: PLC0415
+
+        check = event.check
+        if isinstance(check, CheckPassword):
+            return self._login(check.password == PASSWORD and check.authcid == "alice", "alice")
+        if isinstance(check, CheckCramMd5):
+            good = hmac.new(PASSWORD.encode(), check.challenge, "md5").hexdigest()
+            return self._login(check.user == "alice" and check.digest == good, "alice")
+        assert isinstance(check, CheckBearer)
+        if check.token == "good-token" and check.user in (None, "alice"):
+            return self._login(True, "alice")
+        return s_rejected_bearer(self.session)
+
+    def _login(self, ok: bool, user: str) -> Event:
         s = self.session
         if not ok:
-            self.out += s.auth_rejected().data
-        elif self.locked:
-            self.out += s.maildrop_locked().data
-        else:
-            self.out += s.maildrop_opened(user, self.listing).data
+            return s.auth_rejected()
+        if self.locked:
+            return s.maildrop_locked()
+        return s.maildrop_opened(user, self.listing)
 
     def _retrieve(self, event: Retrieve) -> None:
         data = self.messages.get(event.message.key)
@@ -116,6 +172,10 @@ class FakeDriver:
             self.out += event.encoder.feed(data[i : i + self.block_size])
         self.out += event.encoder.finish()
         self.session.retrieve_done()
+
+
+def s_rejected_bearer(session: Pop3Session) -> Event:
+    return session.auth_rejected(bearer_status=b'{"status":"invalid_token"}')
 
 
 def apop_digest() -> str:

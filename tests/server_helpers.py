@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOSTNAME = "test.popbox.invalid"
-LISTENING = re.compile(r"listening on (\S+):(\d+) \(tls=none\)")
+LISTENING = re.compile(r"listening on (\S+):(\d+) \(tls=(\w+)\)")
 
 
 @dataclass
@@ -62,6 +63,8 @@ class PopboxServer:
     log: LogWatcher
     port: int
     host: str = "127.0.0.1"
+    # Every listener's port by its tls mode ("none", "starttls", "implicit").
+    ports: dict[str, int] = field(default_factory=dict)
 
     def maildir(self, user: str) -> Path:
         return self.root / "mail" / user / "Maildir"
@@ -92,16 +95,24 @@ def write_maildir(maildir: Path, messages: list[bytes], *, start: int = 0) -> li
     return names
 
 
-def write_config(root: Path, top: dict[str, object], extra: str = "") -> Path:
+def write_config(
+    root: Path, top: dict[str, object], extra: str = "", listeners: tuple[str, ...] = ("none",)
+) -> Path:
+    """A config on free ports: one [[listen]] per tls mode in `listeners`; `extra` is
+    appended TOML (more keys for [auth] may follow directly: it comes right after it)."""
     settings: dict[str, object] = {"hostname": HOSTNAME, "idle_timeout": 600} | top
     lines = [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
     lines = [line.replace("'", '"') for line in lines]
+    listen = "".join(
+        f'[[listen]]\naddress = "127.0.0.1"\nport = 0\ntls = "{mode}"\n' for mode in listeners
+    )
     config = root / "popbox.toml"
     config.write_text(
         "\n".join(lines)
-        + '\n[[listen]]\naddress = "127.0.0.1"\nport = 0\n'
-        + '[auth]\npasswd_file = "users"\nfailure_delay = 0.3\n'
+        + "\n"
+        + listen
         + '[mail]\nlocation = "maildir:mail/%u/Maildir"\n'
+        + '[auth]\npasswd_file = "users"\nfailure_delay = 0.3\nfailure_delay_max = 0.3\n'
         + extra
     )
     return config
@@ -111,15 +122,17 @@ def start_popbox(
     root: Path,
     users: dict[str, str],
     mail: dict[str, list[bytes]] | None = None,
+    *,
     top: dict[str, object] | None = None,
     extra: str = "",
+    listeners: tuple[str, ...] = ("none",),
 ) -> PopboxServer:
     """Write users, Maildirs and a config (top-level keys, extra TOML tables), then launch."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "users").write_text("".join(f"{u}:{s}\n" for u, s in users.items()))
     for user, messages in (mail or {}).items():
         write_maildir(root / "mail" / user / "Maildir", messages)
-    config = write_config(root, top or {}, extra)
+    config = write_config(root, top or {}, extra, listeners)
     return launch(root, config)
 
 
@@ -135,8 +148,13 @@ def launch(root: Path, config: Path) -> PopboxServer:
     threading.Thread(target=watcher.follow, args=(process.stdout,), daemon=True).start()
     server = PopboxServer(root, process, watcher, 0)
     RUNNING.append(server)
-    match = watcher.wait_for(LISTENING.pattern)
-    server.port, server.host = int(match.group(2)), match.group(1)
+    watcher.wait_for(LISTENING.pattern)
+    watcher.wait_for(r"popbox\.server: ready")
+    for line in watcher.lines:
+        if found := LISTENING.search(line):
+            server.host = found.group(1)
+            server.ports[found.group(3)] = int(found.group(2))
+    server.port = next(iter(server.ports.values()))
     return server
 
 
@@ -150,13 +168,27 @@ OPEN_CLIENTS: list[RawClient] = []
 class RawClient:
     """A bare POP3 client over a socket, for exact bytes on the wire."""
 
-    def __init__(self, server: PopboxServer, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        server: PopboxServer,
+        timeout: float = 10.0,
+        port: int | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         import socket  # noqa: PLC0415
 
-        self.sock = socket.create_connection((server.host, server.port), timeout=timeout)
+        address = (server.host, port or server.port)
+        self.sock = socket.create_connection(address, timeout=timeout)
+        if tls is not None:  # implicit TLS (RFC 8314): the handshake comes first
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         OPEN_CLIENTS.append(self)
         self.buffer = b""
         self.greeting = self.read_line()
+
+    def starttls(self, context: ssl.SSLContext) -> None:
+        """After +OK to STLS: the handshake on the same socket (RFC 2595 section 4)."""
+        assert not self.buffer, self.buffer
+        self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)

@@ -131,8 +131,16 @@ def test_defaults(confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not config.tls.enabled
     assert config.auth.plaintext == "loopback"
     assert config.auth.failure_delay == 2.0
+    assert config.auth.failure_delay_max == 15.0
+    assert (config.auth.max_failures, config.auth.failure_window) == (10, 600.0)
+    assert config.auth.block_time == 600.0
+    assert config.auth.mechanisms is None
+    assert config.auth.login_delay is None
+    assert config.auth.oauth is None
+    assert config.mail.expire is None
+    assert config.tls.min_version == "TLSv1.2"
     assert config.limits == LimitsConfig(
-        max_connections=10000, max_connections_per_ip=100, max_bad_commands=20
+        max_connections=10000, max_connections_per_ip=100, max_bad_commands=10
     )
     assert not config.idle_timeout_below_rfc_minimum
 
@@ -409,6 +417,37 @@ REPLACED = [
         ("[auth]\n", "[auth]\nfailure_delay = true\n"),
         "auth.failure_delay: expected a number of seconds >= 0, got true",
         id="bool-as-delay",
+    ),
+    pytest.param(
+        ("[auth]\n", "[auth]\nmechanisms = ['PLAIN', 'NTLM']\n"),
+        "auth.mechanisms: expected one of SCRAM-SHA-256-PLUS, SCRAM-SHA-256, SCRAM-SHA-1, "
+        "CRAM-MD5, OAUTHBEARER, XOAUTH2, PLAIN, LOGIN, got 'NTLM'",
+        id="unknown-mechanism",
+    ),
+    pytest.param(
+        ("[auth]\n", "[auth]\nmechanisms = ['XOAUTH2']\n"),
+        "auth.mechanisms: XOAUTH2 needs an [auth.oauth] table",
+        id="oauth-mechanism-without-oauth",
+    ),
+    pytest.param(
+        ("[auth]\n", "[auth]\nfailure_delay = 3\nfailure_delay_max = 1\n"),
+        "auth.failure_delay_max: must not be below auth.failure_delay",
+        id="delay-max-below-delay",
+    ),
+    pytest.param(
+        ("[auth]\n", "[auth]\nlogin_delay = -1\n"),
+        "auth.login_delay: expected an integer >= 0, got -1",
+        id="negative-login-delay",
+    ),
+    pytest.param(
+        ("[mail]\n", "[mail]\nexpire = 0\n"),
+        'mail.expire: expected "never" or a number of days >= 1, got 0',
+        id="expire-zero",
+    ),
+    pytest.param(
+        ("[auth]\n", "[auth.oauth]\nissuer = 'i'\naudience = 'a'\n[auth]\n"),
+        "auth.oauth.jwks_file: give exactly one of jwks_file and public_key",
+        id="oauth-without-keys",
     ),
 ]
 

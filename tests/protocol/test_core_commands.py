@@ -13,9 +13,9 @@ MAILDROP = {"k1": M1, "k2": M2, "k3": M3}
 
 CAPA_AUTH = (
     b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\n"
-    b"AUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION popbox\r\n.\r\n"
+    b"AUTH-RESP-CODE\r\nPIPELINING\r\nUTF8 USER\r\nIMPLEMENTATION popbox\r\n.\r\n"
 )
-CAPA_TRANS = CAPA_AUTH.replace(b"USER\r\n", b"")
+CAPA_TRANS = CAPA_AUTH.replace(b"UIDL\r\nUSER\r\n", b"UIDL\r\n")
 
 
 def test_greeting_carries_apop_timestamp() -> None:

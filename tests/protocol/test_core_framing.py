@@ -34,7 +34,7 @@ def test_script_reference_output() -> None:
     assert whole() == (
         b"+OK POP3 server ready <1.2@test.example>\r\n"
         b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\n"
-        b"AUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION popbox\r\n.\r\n"
+        b"AUTH-RESP-CODE\r\nPIPELINING\r\nUTF8 USER\r\nIMPLEMENTATION popbox\r\n.\r\n"
         b"+OK send PASS\r\n+OK maildrop has 2 messages (3060 octets)\r\n"
         b"+OK 2 3060\r\n"
         b"+OK 2 messages (3060 octets)\r\n1 24\r\n2 3036\r\n.\r\n"
@@ -111,7 +111,9 @@ def test_bare_lf_line_end_is_accepted() -> None:
         (b"USER\ta\r\n", b"-ERR control characters are not allowed in commands\r\n"),
         (b"USER a\rb\r\n", b"-ERR control characters are not allowed in commands\r\n"),
         (b"USER a\x7f\r\n", b"-ERR control characters are not allowed in commands\r\n"),
-        (b"USER \xc3\xa9\r\n", b"-ERR arguments must be printable ASCII\r\n"),
+        (b"LIST \xc3\xa9\r\n", b"-ERR arguments must be printable ASCII\r\n"),
+        (b"USER \xff\r\n", b"-ERR argument is not valid UTF-8\r\n"),
+        (b"USER " + "é".encode() * 41 + b"\r\n", b"-ERR arguments are at most 40 characters\r\n"),
         (b"\xc3\xa9\xc3\xa9\r\n", b"-ERR unknown command\r\n"),
         (b"USER  a\r\n", b"-ERR arguments are separated by a single space\r\n"),
         (b"USER a \r\n", b"-ERR arguments are separated by a single space\r\n"),

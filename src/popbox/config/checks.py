@@ -206,3 +206,30 @@ def normal_address(address: str) -> str:
 
 def endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def non_empty_string(value: object) -> object:
+    if isinstance(value, str) and value:
+        return value
+    raise expected("a non-empty string", value)
+
+
+def mechanism_names(value: object) -> object:
+    """A list of SASL mechanism names popbox implements (RFC 5034)."""
+    from popbox.sasl.registry import MECHANISMS  # noqa: PLC0415
+
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise expected("a list of SASL mechanism names", value)
+    names = tuple(v.upper() for v in value)
+    for name in names:
+        if name not in MECHANISMS:
+            raise expected("one of " + ", ".join(MECHANISMS), name)
+    return names
+
+
+def expire_policy(value: object) -> object:
+    """RFC 2449 section 6.7: "never" or a number of days (0 is not offered: popbox never
+    removes mail that a client did not delete)."""
+    if value == "never" or (_is_int(value) and value >= 1):
+        return value
+    raise expected('"never" or a number of days >= 1', value)

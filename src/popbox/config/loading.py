@@ -18,6 +18,7 @@ from popbox.config.model import (
     LimitsConfig,
     ListenConfig,
     MailConfig,
+    OAuthConfig,
     TlsConfig,
 )
 
@@ -36,6 +37,10 @@ def _relative_path(value: object, base_dir: Path) -> object:
     if not isinstance(value, str) or not value:
         raise expected("a file path", value)
     return base_dir / value
+
+
+def _as_tuple(value: object, base_dir: Path) -> object:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _relative_location(value: object, base_dir: Path) -> object:
@@ -100,7 +105,16 @@ def _listeners(value: object, base_dir: Path) -> object:
 _CONFIG_CONVERTERS: dict[str, _Converter] = {
     "listen": _listeners,
     "tls": _table(TlsConfig, {"certificate": _relative_path, "private_key": _relative_path}),
-    "auth": _table(AuthConfig, {"passwd_file": _relative_path}),
+    "auth": _table(
+        AuthConfig,
+        {
+            "passwd_file": _relative_path,
+            "mechanisms": _as_tuple,
+            "oauth": _table(
+                OAuthConfig, {"jwks_file": _relative_path, "public_key": _relative_path}
+            ),
+        },
+    ),
     "mail": _table(MailConfig, {"location": _relative_location}),
     "limits": _table(LimitsConfig, {}),
 }

@@ -14,11 +14,14 @@ from popbox.config.checks import (
     check_fields,
     endpoint,
     expected,
+    expire_policy,
     hostname,
     instance_of,
     int_range,
     listen_address,
     mail_location,
+    mechanism_names,
+    non_empty_string,
     normal_address,
     one_of,
     optional,
@@ -27,6 +30,7 @@ from popbox.config.checks import (
 )
 
 TlsMode = Literal["none", "starttls", "implicit"]
+TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
 PlaintextPolicy = Literal["never", "loopback", "always"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -48,6 +52,8 @@ class ListenConfig:
 class TlsConfig:
     certificate: Path | None = None
     private_key: Path | None = None
+    # RFC 8996 retired TLS 1.0 and 1.1; RFC 8314 section 4.1 asks for TLS 1.2 or later.
+    min_version: TlsVersion = "TLSv1.2"
 
     def __post_init__(self) -> None:
         check_fields(self, _TLS_CHECKS)
@@ -62,19 +68,55 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OAuthConfig:
+    """[auth.oauth]: bearer tokens (RFC 7628) are JWTs signed by this issuer."""
+
+    issuer: str
+    audience: str
+    username_claim: str = "email"
+    jwks_file: Path | None = None
+    public_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, _OAUTH_CHECKS)
+        if (self.jwks_file is None) == (self.public_key is None):
+            raise ConfigError("give exactly one of jwks_file and public_key", "jwks_file")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthConfig:
     passwd_file: Path  # Dovecot passwd-file format
     plaintext: PlaintextPolicy = "loopback"
-    # Seconds before a failed login's -ERR (Dovecot's auth_failure_delay, default 2s).
+    # SASL mechanisms offered (RFC 5034); None: every one that can work here.
+    mechanisms: tuple[str, ...] | None = None
+    # Seconds before a failed login's -ERR (Dovecot's auth_failure_delay, default 2s),
+    # doubled for each recent failure from the same address up to failure_delay_max.
     failure_delay: float = 2.0
+    failure_delay_max: float = 15.0
+    # More than max_failures failures within failure_window seconds, from one address or
+    # for one user, block that address or user for block_time seconds.
+    max_failures: int = 10
+    failure_window: float = 600.0
+    block_time: float = 600.0
+    # RFC 2449 section 6.5 LOGIN-DELAY: minimum seconds between one user's logins.
+    login_delay: int | None = None
+    oauth: OAuthConfig | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, _AUTH_CHECKS)
+        if self.failure_delay_max < self.failure_delay:
+            raise ConfigError("must not be below auth.failure_delay", "failure_delay_max")
+        oauth_named = {"OAUTHBEARER", "XOAUTH2"} & set(self.mechanisms or ())
+        if oauth_named and self.oauth is None:
+            raise ConfigError(f"{sorted(oauth_named)[0]} needs an [auth.oauth] table", "mechanisms")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MailConfig:
     location: str  # "maildir:/absolute/path/%u", Dovecot's mail_location syntax
+    # RFC 2449 section 6.7 EXPIRE, announced only: "never" or days after retrieval that
+    # the site's own policy keeps mail. popbox itself never removes mail on its own.
+    expire: str | int | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, _MAIL_CHECKS)
@@ -90,7 +132,7 @@ class LimitsConfig:
     max_connections: int = 10000
     max_connections_per_ip: int = 100
     # Consecutive -ERR replies before the session is closed (aiosmtpd's BOGUS_LIMIT).
-    max_bad_commands: int = 20
+    max_bad_commands: int = 10
 
     def __post_init__(self) -> None:
         check_fields(self, _LIMITS_CHECKS)
@@ -153,13 +195,28 @@ _LISTEN_CHECKS: dict[str, Check] = {
 _TLS_CHECKS: dict[str, Check] = {
     "certificate": optional(readable_file),
     "private_key": optional(readable_file),
+    "min_version": one_of(TlsVersion),
+}
+_OAUTH_CHECKS: dict[str, Check] = {
+    "issuer": non_empty_string,
+    "audience": non_empty_string,
+    "username_claim": non_empty_string,
+    "jwks_file": optional(readable_file),
+    "public_key": optional(readable_file),
 }
 _AUTH_CHECKS: dict[str, Check] = {
     "passwd_file": readable_file,
     "plaintext": one_of(PlaintextPolicy),
+    "mechanisms": optional(mechanism_names),
     "failure_delay": seconds(positive=False),
+    "failure_delay_max": seconds(positive=False),
+    "max_failures": int_range(1),
+    "failure_window": seconds(positive=True),
+    "block_time": seconds(positive=False),
+    "login_delay": optional(int_range(0)),
+    "oauth": optional(instance_of(OAuthConfig)),
 }
-_MAIL_CHECKS: dict[str, Check] = {"location": mail_location}
+_MAIL_CHECKS: dict[str, Check] = {"location": mail_location, "expire": optional(expire_policy)}
 _LIMITS_CHECKS: dict[str, Check] = {
     "max_connections": int_range(1),
     "max_connections_per_ip": int_range(1),

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from popbox.protocol.errors import RemoteProtocolError
 from popbox.protocol.limits import MAX_ARGUMENT
 
-# A keyword is 3-4 letters; other printable characters make it an unknown command.
-_KEYWORD = re.compile(rb"[A-Za-z]{3,4}")
+# A keyword is 3-4 letters or digits (RFC 6856's UTF8 has one); other printable
+# characters make it an unknown command.
+_KEYWORD = re.compile(rb"[A-Za-z0-9]{3,4}")
 # Printable ASCII without SPACE: what an argument may contain.
 _ARGUMENT = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_ARGUMENT)
 # Any control octet (C0 set and DEL); PASS's rest-of-line may hold SPACE and UTF-8.
@@ -28,6 +29,12 @@ _NUMBER = re.compile(rf"[0-9]{{1,{MAX_ARGUMENT}}}")
 # PASS command has exactly one argument, a POP3 server may treat spaces in the argument as
 # part of the password, instead of as argument separators.")
 REST_OF_LINE = frozenset({"PASS"})
+# RFC 6856 section 2 ("UTF8 USER"): user names may be UTF-8, in USER and APOP.
+UTF8_ARGUMENTS = frozenset({"USER", "APOP"})
+# RFC 5034 section 4: AUTH's initial response may be longer than 40 characters (the
+# whole command line still obeys the 255-octet limit).
+LONG_ARGUMENTS = frozenset({"AUTH"})
+_LONG_ARGUMENT = re.compile(rb"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +70,31 @@ def parse_command(line: bytes) -> Command:
             return Command(keyword, (rest.decode("utf-8"),))
         except UnicodeDecodeError:
             raise RemoteProtocolError("argument is not valid UTF-8") from None
-    if _NON_ASCII.search(rest):
+    return Command(keyword, _arguments(keyword, rest))
+
+
+def _arguments(keyword: str, rest: bytes) -> tuple[str, ...]:
+    utf8 = keyword in UTF8_ARGUMENTS and bool(_NON_ASCII.search(rest))
+    if utf8:
+        try:
+            text = rest.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("argument is not valid UTF-8") from None
+    elif _NON_ASCII.search(rest):
         raise RemoteProtocolError("arguments must be printable ASCII")
-    args = rest.split(b" ")
+    else:
+        text = rest.decode("ascii")
+    args = tuple(text.split(" "))
+    pattern = _LONG_ARGUMENT if keyword in LONG_ARGUMENTS else _ARGUMENT
     for arg in args:
         if not arg:
             raise RemoteProtocolError("arguments are separated by a single space")
-        if not _ARGUMENT.fullmatch(arg):
+        if utf8:
+            if len(arg) > MAX_ARGUMENT:
+                raise RemoteProtocolError(f"arguments are at most {MAX_ARGUMENT} characters")
+        elif not pattern.fullmatch(arg.encode("ascii")):
             raise RemoteProtocolError(f"arguments are at most {MAX_ARGUMENT} characters")
-    return Command(keyword, tuple(a.decode("ascii") for a in args))
+    return args
 
 
 def parse_number(text: str) -> int:

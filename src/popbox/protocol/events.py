@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from popbox.protocol.encoder import MessageEncoder
+from popbox.sasl.base import CheckBearer, CheckCramMd5, CheckPassword
 
 
 class ListedMessage(Protocol):
@@ -82,6 +83,49 @@ class CloseConnection:
     """Every reply has been handed out; close the connection now."""
 
 
-Event = (
-    Reply | NeedData | Authenticate | AuthenticateApop | Retrieve | CommitUpdate | CloseConnection
-)
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """STLS accepted (RFC 2595 section 4): send `reply`, run the TLS handshake, then call
+    tls_established(); if the handshake fails, close the connection."""
+
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SaslCheck:
+    """AUTH: verify what the mechanism collected (a password, a CRAM-MD5 digest, a bearer
+    token), then open the maildrop as for Authenticate; on failure auth_rejected()."""
+
+    mechanism: str
+    check: CheckPassword | CheckCramMd5 | CheckBearer
+
+
+@dataclass(frozen=True, slots=True)
+class ScramLookup:
+    """AUTH SCRAM-*: look up the user's SCRAM verifier and call scram_credentials()."""
+
+    mechanism: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMaildrop:
+    """The mechanism authenticated the user itself (SCRAM): open the maildrop."""
+
+    mechanism: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class SaslFailed:
+    """The SASL exchange failed (bad proof, malformed or cancelled exchange): apply the
+    failure delay, then call auth_rejected()."""
+
+    mechanism: str
+    user: str | None
+    reason: str
+
+
+LoginRequest = Authenticate | AuthenticateApop | SaslCheck | OpenMaildrop | SaslFailed
+Request = LoginRequest | ScramLookup | Retrieve | CommitUpdate | StartTls
+Event = Reply | NeedData | CloseConnection | Request

@@ -19,7 +19,11 @@ MIN_KEYWORD, MAX_KEYWORD = 3, 4
 
 # Consecutive client errors before the server gives up on the session (Dovecot's
 # CLIENT_MAX_BAD_COMMANDS is 20; aiosmtpd's BOGUS_LIMIT is 5). Configurable.
-DEFAULT_MAX_BAD_COMMANDS = 20
+DEFAULT_MAX_BAD_COMMANDS = 10
+
+# RFC 5034 section 4 sets no limit on SASL response lines; OAuth bearer tokens run to
+# several KiB, so accept at least 16 KiB of base64 (plus CRLF) while a challenge is open.
+MAX_SASL_RESPONSE_LINE = 16 * 1024 + 2
 
 # RFC 1939 section 7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
 MAX_UNIQUE_ID = 70

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from popbox.protocol.encoder import encode_lines
 from popbox.protocol.errors import LocalProtocolError
 from popbox.protocol.limits import MAX_REPLY_LINE
 
+if TYPE_CHECKING:
+    from popbox.protocol.session_config import SessionConfig
+
 IMPLEMENTATION = "popbox"
 
 # RFC 3206 section 5 [AUTH]: the failure is about authentication policy, not the password.
 PLAINTEXT_DISALLOWED = "[AUTH] plaintext authentication disallowed without TLS"
+INVALID_CREDENTIALS = "invalid user name or password"
 
 
 def _line(status: str, text: str) -> bytes:
@@ -37,19 +42,31 @@ def multiline(text: str, lines: Iterable[bytes]) -> bytes:
     return ok(text) + encode_lines(lines)
 
 
-def capabilities(*, authorization: bool, plaintext_allowed: bool) -> list[bytes]:
-    """RFC 2449 section 6: what this server really supports, in this state.
+def printable_reason(text: str, limit: int = 200) -> str:
+    """Text fit for a reply line: printable ASCII only, bounded."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return cleaned[:limit] or "authentication failed"
 
-    USER is announced only in AUTHORIZATION and only where plaintext login is allowed
-    (section 6.8: "USER ... MUST NOT be advertised" after login).
+
+def capabilities(config: SessionConfig, *, authorization: bool) -> list[bytes]:
+    """RFC 2449 section 6: what this server really supports, on this connection, now.
+
+    USER, SASL and STLS are announced only in AUTHORIZATION (sections 6.3, 6.8; RFC 2595
+    section 4: STLS not once TLS is active); USER and the plaintext mechanisms only where
+    plaintext login is allowed.
     """
     tags = [b"TOP", b"UIDL"]
-    if authorization and plaintext_allowed:
-        tags.append(b"USER")
-    tags += [
-        b"RESP-CODES",
-        b"AUTH-RESP-CODE",
-        b"PIPELINING",
-        b"IMPLEMENTATION " + IMPLEMENTATION.encode("ascii"),
-    ]
+    if authorization:
+        if config.plaintext_allowed:
+            tags.append(b"USER")
+        if config.mechanisms:
+            tags.append(" ".join(["SASL", *config.mechanisms]).encode("ascii"))
+        if config.stls_available and not config.tls_active:
+            tags.append(b"STLS")
+    tags += [b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"UTF8 USER"]
+    if config.login_delay is not None:
+        tags.append(b"LOGIN-DELAY %d" % config.login_delay)
+    if config.expire is not None:
+        tags.append(b"EXPIRE " + config.expire.encode("ascii"))
+    tags.append(b"IMPLEMENTATION " + IMPLEMENTATION.encode("ascii"))
     return tags

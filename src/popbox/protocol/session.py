@@ -2,14 +2,15 @@
 
 The driver feeds bytes with receive_data() and asks next_event() for what to do. Commands
 that need no I/O are answered here as Reply events; the rest become requests (Authenticate,
-Retrieve, CommitUpdate, ...) that the driver answers through the methods below. While a
-request is open, pipelined commands wait in the one input buffer, in order.
+Retrieve, CommitUpdate, StartTls, ...) that the driver answers through the methods of
+Pop3Session. While a request is open, pipelined commands wait in the one input buffer, in
+order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from popbox.protocol import replies
 from popbox.protocol.commands import Command, parse_command, parse_number, strip_line_end
@@ -22,34 +23,32 @@ from popbox.protocol.events import (
     CommitUpdate,
     Event,
     ListedMessage,
+    LoginRequest,
     NeedData,
+    OpenMaildrop,
     Reply,
+    Request,
     Retrieve,
+    SaslCheck,
+    SaslFailed,
+    ScramLookup,
+    StartTls,
 )
-from popbox.protocol.limits import DEFAULT_MAX_BAD_COMMANDS, MAX_COMMAND_LINE
+from popbox.protocol.limits import MAX_COMMAND_LINE, MAX_SASL_RESPONSE_LINE
+from popbox.protocol.listing import Listing
+from popbox.protocol.sasl_exchange import Phase, SaslExchange, decode_response
+from popbox.protocol.session_config import SessionConfig
 from popbox.protocol.states import State, check_legal
+from popbox.sasl.base import MechanismContext, ScramCredentials
+from popbox.sasl.registry import MECHANISMS, PLAINTEXT_MECHANISMS, create
 
-_Request = Authenticate | AuthenticateApop | Retrieve | CommitUpdate
+_LOGIN_REQUESTS = (Authenticate, AuthenticateApop, SaslCheck, OpenMaildrop, SaslFailed)
 
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    # The APOP timestamp, "<...@hostname>", unique per connection (RFC 1939 section 7).
-    # Made by the driver: the core has no clock and no randomness.
-    timestamp: str
-    # Whether USER/PASS may be used on this connection (TLS, or the plaintext policy).
-    plaintext_allowed: bool = True
-    max_bad_commands: int = DEFAULT_MAX_BAD_COMMANDS
-
-    def __post_init__(self) -> None:
-        if not (self.timestamp.startswith("<") and self.timestamp.endswith(">")):
-            raise ValueError("timestamp must look like <...@host>")
-        if self.max_bad_commands < 1:
-            raise ValueError("max_bad_commands must be at least 1")
+__all__ = ["Pop3Session", "SessionConfig"]
 
 
 class _Overlong:
-    """Marker: the next "line" was longer than MAX_COMMAND_LINE and has been discarded."""
+    """Marker: the next "line" was longer than its limit and has been discarded."""
 
 
 _OVERLONG = _Overlong()
@@ -59,21 +58,24 @@ class Pop3Session:
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.state = State.AUTHORIZATION
+        self.user: str | None = None  # the logged-in user
+        self.utf8 = False  # RFC 6856: the client sent UTF8
         self._buffer = bytearray()
         self._skipping = False  # discarding the rest of an overlong line
-        self._request: _Request | None = None
+        self._request: Request | None = None
         self._closing = False
         self._bad_commands = 0
         self._user: str | None = None  # a USER that PASS may follow
-        self.user: str | None = None  # the logged-in user
-        self._listing: tuple[ListedMessage, ...] = ()
-        self._deleted: list[bool] = []
-        self._live_count = 0
-        self._live_octets = 0
+        self._sasl: SaslExchange | None = None
+        self._failure_reason: str | None = None
+        self.listing = Listing()
         self._handlers: dict[str, Callable[[Command], Event]] = {
             "USER": self._user_cmd,
             "PASS": self._pass_cmd,
             "APOP": self._apop_cmd,
+            "AUTH": self._auth_cmd,
+            "STLS": self._stls_cmd,
+            "UTF8": self._utf8_cmd,
             "QUIT": self._quit_cmd,
             "CAPA": self._capa_cmd,
             "STAT": self._stat_cmd,
@@ -111,12 +113,23 @@ class Pop3Session:
         if self._closing or self.state is State.CLOSED:
             self.state = State.CLOSED
             return CloseConnection()
-        line = self._next_line()
+        sasl = self._sasl
+        limit = MAX_SASL_RESPONSE_LINE if sasl is not None else MAX_COMMAND_LINE
+        line = self._next_line(limit)
         if line is None:
             return NeedData()
+        if sasl is not None:
+            if sasl.phase is Phase.BEARER_ERROR:
+                # RFC 7628 section 3.2.3: whatever the client answers, the exchange failed;
+                # the failure delay was already applied before the error challenge.
+                self._sasl = None
+                return Reply(replies.err("[AUTH] invalid bearer token"))
+            if isinstance(line, _Overlong):
+                return self._open(sasl.fail("SASL response too long"))
+            return self._sasl_event(sasl.line(line))
         try:
             if isinstance(line, _Overlong):
-                raise RemoteProtocolError(f"line too long (limit {MAX_COMMAND_LINE} octets)")
+                raise RemoteProtocolError(f"line too long (limit {limit} octets)")
             command = parse_command(line)
             check_legal(self.state, command.keyword)
             if command.keyword != "PASS":
@@ -131,33 +144,77 @@ class Pop3Session:
     # -- answers to requests ----------------------------------------------------------
 
     def maildrop_opened(self, user: str, listing: Sequence[ListedMessage]) -> Reply:
-        self._finish_request(Authenticate, AuthenticateApop)
+        self._finish_request(*_LOGIN_REQUESTS)
+        self._sasl = None
         self.user = user
-        self._listing = tuple(listing)
-        self._deleted = [False] * len(self._listing)
-        self._reset_totals()
+        self.listing = Listing(listing)
         self.state = State.TRANSACTION
-        return Reply(
-            replies.ok(f"maildrop has {self._live_count} messages ({self._live_octets} octets)")
-        )
+        n, octets = self.listing.live_count, self.listing.live_octets
+        return Reply(replies.ok(f"maildrop has {n} messages ({octets} octets)"))
 
-    def auth_rejected(self) -> Reply:
-        """Unknown user and wrong password get this one reply (RFC 3206 [AUTH])."""
-        self._finish_request(Authenticate, AuthenticateApop)
-        return Reply(replies.err("[AUTH] invalid user name or password"))
+    def auth_rejected(self, *, bearer_status: bytes | None = None) -> Reply:
+        """Unknown user and wrong password get one reply (RFC 3206 [AUTH]).
+
+        For OAUTHBEARER/XOAUTH2, `bearer_status` is the RFC 7628 section 3.2.2 error JSON:
+        it goes out as a challenge first, and the -ERR follows the client's dummy reply.
+        """
+        request = self._finish_request(*_LOGIN_REQUESTS)
+        sasl, self._sasl = self._sasl, None
+        if bearer_status is not None and sasl is not None:
+            self._sasl = sasl
+            return sasl.bearer_error(bearer_status)
+        if isinstance(request, SaslFailed) and request.reason != replies.INVALID_CREDENTIALS:
+            return Reply(replies.err(f"[AUTH] {request.reason}"))
+        return Reply(replies.err(f"[AUTH] {replies.INVALID_CREDENTIALS}"))
 
     def auth_unavailable(self) -> Reply:
-        self._finish_request(Authenticate, AuthenticateApop)
+        self._finish_login()
         return Reply(replies.err("[SYS/TEMP] authentication is temporarily unavailable"))
+
+    def auth_blocked(self) -> Reply:
+        """Too many failures for this user or address: refused for a while."""
+        self._finish_login()
+        return Reply(replies.err("[AUTH] too many failed logins, try again later"))
 
     def maildrop_locked(self) -> Reply:
         """RFC 2449 section 8.1.1: [IN-USE] when the maildrop lock cannot be had."""
-        self._finish_request(Authenticate, AuthenticateApop)
+        self._finish_login()
         return Reply(replies.err("[IN-USE] maildrop is locked by another session"))
 
     def maildrop_unavailable(self) -> Reply:
-        self._finish_request(Authenticate, AuthenticateApop)
+        self._finish_login()
         return Reply(replies.err("[SYS/TEMP] maildrop is temporarily unavailable"))
+
+    def login_delayed(self) -> Reply:
+        """RFC 2449 section 8.1.2: [LOGIN-DELAY] when logging in too soon again."""
+        self._finish_login()
+        delay = self.config.login_delay
+        return Reply(replies.err(f"[LOGIN-DELAY] wait {delay} seconds between logins"))
+
+    def scram_credentials(self, found: ScramCredentials | None) -> Event:
+        self._finish_request(ScramLookup)
+        assert self._sasl is not None
+        return self._sasl_event(self._sasl.credentials(found))
+
+    def tls_established(
+        self,
+        *,
+        plaintext_allowed: bool,
+        mechanisms: tuple[str, ...],
+        channel_binding: tuple[str, bytes] | None = None,
+    ) -> None:
+        """RFC 2595 section 4: after the handshake the session starts afresh; a pending USER
+        is forgotten. (Bytes sent before the handshake were discarded when STLS was
+        accepted; what is buffered now arrived through TLS.)"""
+        self._finish_request(StartTls)
+        self._user = None
+        self.config = dataclasses.replace(
+            self.config,
+            tls_active=True,
+            plaintext_allowed=plaintext_allowed,
+            mechanisms=mechanisms,
+            channel_binding=channel_binding,
+        )
 
     def retrieve_failed(self, *, message_gone: bool) -> Reply:
         request = self._finish_request(Retrieve)
@@ -175,20 +232,25 @@ class Pop3Session:
         self._closing = True
         if failed:
             return Reply(replies.err("some deleted messages not removed"))
-        left = self._live_count
+        left = self.listing.live_count
         return Reply(replies.ok(f"POP3 server signing off ({left} messages left)"))
 
     # -- internals --------------------------------------------------------------------
 
-    def _finish_request(self, *kinds: type) -> _Request:
+    def _finish_request(self, *kinds: type) -> Request:
         request = self._request
         if request is None or not isinstance(request, kinds):
             raise LocalProtocolError(f"no {' or '.join(k.__name__ for k in kinds)} is open")
         self._request = None
         return request
 
-    def _next_line(self) -> bytes | _Overlong | None:
-        """Cut the next line from the buffer, bounded by MAX_COMMAND_LINE (RFC 2449)."""
+    def _finish_login(self) -> LoginRequest:
+        request = self._finish_request(*_LOGIN_REQUESTS)
+        self._sasl = None
+        return request  # type: ignore[return-value]
+
+    def _next_line(self, limit: int) -> bytes | _Overlong | None:
+        """Cut the next line from the buffer, bounded by `limit` (RFC 2449 section 4)."""
         while True:
             end = self._buffer.find(b"\n")
             if self._skipping:
@@ -199,7 +261,7 @@ class Pop3Session:
                 self._skipping = False
                 continue
             if end < 0:
-                if len(self._buffer) < MAX_COMMAND_LINE:
+                if len(self._buffer) < limit:
                     return None
                 # Cannot end within the limit any more: refuse now, drop the rest later.
                 self._buffer.clear()
@@ -207,7 +269,7 @@ class Pop3Session:
                 return _OVERLONG
             line = bytes(self._buffer[: end + 1])
             del self._buffer[: end + 1]
-            if len(line) > MAX_COMMAND_LINE:
+            if len(line) > limit:
                 return _OVERLONG
             return strip_line_end(line)
 
@@ -218,24 +280,18 @@ class Pop3Session:
             return Reply(replies.err("too many bad commands, closing connection"))
         return Reply(replies.err(text))
 
-    def _open(self, request: _Request) -> _Request:
+    def _open(self, request: Request) -> Request:
         self._request = request
         return request
 
-    def _reset_totals(self) -> None:
-        live = [m for m, gone in zip(self._listing, self._deleted, strict=True) if not gone]
-        self._live_count = len(live)
-        self._live_octets = sum(m.octets for m in live)
+    def _sasl_event(self, event: Event) -> Event:
+        """Requests from the exchange become open requests; replies pass through."""
+        if isinstance(event, Reply):
+            return event
+        assert not isinstance(event, NeedData | CloseConnection)
+        return self._open(event)
 
-    def _message(self, arg: str) -> tuple[int, ListedMessage]:
-        number = parse_number(arg)
-        if not 1 <= number <= len(self._listing):
-            raise RemoteProtocolError(f"no such message, only {len(self._listing)} in maildrop")
-        if self._deleted[number - 1]:
-            raise RemoteProtocolError(f"message {number} already deleted")
-        return number, self._listing[number - 1]
-
-    # -- AUTHORIZATION (RFC 1939 sections 4 and 7) -------------------------------------
+    # -- AUTHORIZATION (RFC 1939 sections 4 and 7, RFC 2595, RFC 5034, RFC 6856) -------
 
     def _user_cmd(self, command: Command) -> Event:
         (name,) = _arity(command, 1)
@@ -260,6 +316,53 @@ class Pop3Session:
             raise RemoteProtocolError("APOP digest must be 32 hexadecimal digits")
         return self._open(AuthenticateApop(name, self.config.timestamp, digest.lower()))
 
+    def _auth_cmd(self, command: Command) -> Event:
+        args = _arity(command, 0, 1, 2)
+        if not args:
+            # Bare AUTH lists the mechanisms (RFC 1734 practice; Outlook relies on it).
+            names = [m.encode("ascii") for m in self.config.mechanisms]
+            return Reply(replies.multiline("SASL mechanisms follow", names))
+        name = args[0].upper()
+        if name not in self.config.mechanisms:
+            if name in PLAINTEXT_MECHANISMS and name in MECHANISMS:
+                raise RemoteProtocolError(replies.PLAINTEXT_DISALLOWED)
+            raise RemoteProtocolError("unsupported authentication mechanism")
+        # RFC 5034 section 4: "=" is an empty initial response.
+        initial = (
+            None
+            if len(args) == 1
+            else b""
+            if args[1] == "="
+            else decode_response(args[1].encode("ascii"))
+        )
+        if self.config.nonce is None:
+            raise LocalProtocolError("mechanisms offered without a nonce source")
+        context = MechanismContext(
+            hostname=self.config.hostname,
+            nonce=self.config.nonce(),
+            channel_binding=self.config.channel_binding,
+        )
+        self._sasl = SaslExchange(name, create(name, context))
+        return self._sasl_event(self._sasl.start(initial))
+
+    def _stls_cmd(self, command: Command) -> Event:
+        _arity(command, 0)
+        if self.config.tls_active:
+            raise RemoteProtocolError("command not permitted when TLS active")
+        if not self.config.stls_available:
+            raise RemoteProtocolError("STLS not available on this port")
+        # Whatever the client pipelined after STLS was sent in the clear and must not be
+        # executed inside TLS (the STARTTLS command injection class, CVE-2011-0411).
+        self._buffer.clear()
+        self._skipping = False
+        return self._open(StartTls(replies.ok("Begin TLS negotiation")))
+
+    def _utf8_cmd(self, command: Command) -> Event:
+        """RFC 6856 section 2: enable UTF-8 mode (valid in AUTHORIZATION only)."""
+        _arity(command, 0)
+        self.utf8 = True
+        return Reply(replies.ok("UTF8 enabled"))
+
     def _quit_cmd(self, command: Command) -> Event:
         _arity(command, 0)
         if self.state is State.AUTHORIZATION:
@@ -267,66 +370,54 @@ class Pop3Session:
             self._closing = True
             return Reply(replies.ok("POP3 server signing off"))
         self.state = State.UPDATE
-        keys = tuple(m.key for m, gone in zip(self._listing, self._deleted, strict=True) if gone)
-        return self._open(CommitUpdate(keys))
+        return self._open(CommitUpdate(self.listing.deleted_keys()))
 
     def _capa_cmd(self, command: Command) -> Event:
         _arity(command, 0)
-        tags = replies.capabilities(
-            authorization=self.state is State.AUTHORIZATION,
-            plaintext_allowed=self.config.plaintext_allowed,
-        )
+        tags = replies.capabilities(self.config, authorization=self.state is State.AUTHORIZATION)
         return Reply(replies.multiline("Capability list follows", tags))
 
     # -- TRANSACTION (RFC 1939 section 5) ---------------------------------------------
 
     def _stat_cmd(self, command: Command) -> Event:
         _arity(command, 0)
-        return Reply(replies.ok(f"{self._live_count} {self._live_octets}"))
+        return Reply(replies.ok(f"{self.listing.live_count} {self.listing.live_octets}"))
 
     def _list_cmd(self, command: Command) -> Event:
         if _arity(command, 0, 1):
-            number, message = self._message(command.args[0])
-            return Reply(replies.ok(f"{number} {message.octets}"))
-        lines = (
-            b"%d %d" % (i, m.octets)
-            for i, (m, gone) in enumerate(zip(self._listing, self._deleted, strict=True), 1)
-            if not gone
-        )
-        head = f"{self._live_count} messages ({self._live_octets} octets)"
-        return Reply(replies.multiline(head, lines))
+            number = parse_number(command.args[0])
+            return Reply(replies.ok(f"{number} {self.listing.get(number).octets}"))
+        lines = (b"%d %d" % (i, m.octets) for i, m in self.listing.live())
+        n, octets = self.listing.live_count, self.listing.live_octets
+        return Reply(replies.multiline(f"{n} messages ({octets} octets)", lines))
 
     def _uidl_cmd(self, command: Command) -> Event:
         if _arity(command, 0, 1):
-            number, message = self._message(command.args[0])
-            return Reply(replies.ok(f"{number} {message.unique_id}"))
-        lines = (
-            b"%d %s" % (i, m.unique_id.encode("ascii"))
-            for i, (m, gone) in enumerate(zip(self._listing, self._deleted, strict=True), 1)
-            if not gone
-        )
+            number = parse_number(command.args[0])
+            return Reply(replies.ok(f"{number} {self.listing.get(number).unique_id}"))
+        lines = (b"%d %s" % (i, m.unique_id.encode("ascii")) for i, m in self.listing.live())
         return Reply(replies.multiline("unique-id listing follows", lines))
 
     def _retr_cmd(self, command: Command) -> Event:
         (arg,) = _arity(command, 1)
-        number, message = self._message(arg)
+        number = parse_number(arg)
+        message = self.listing.get(number)
         status = replies.ok(f"{message.octets} octets")
         return self._open(Retrieve(number, message, status, MessageEncoder()))
 
     def _top_cmd(self, command: Command) -> Event:
         arg, lines_arg = _arity(command, 2)
-        number, message = self._message(arg)
+        number = parse_number(arg)
+        message = self.listing.get(number)
         lines = parse_number(lines_arg)
         status = replies.ok("top of message follows")
         return self._open(Retrieve(number, message, status, MessageEncoder(top_lines=lines)))
 
     def _dele_cmd(self, command: Command) -> Event:
         (arg,) = _arity(command, 1)
-        number, message = self._message(arg)
+        number = parse_number(arg)
         # RFC 1939 section 5: only marked here; removed in the UPDATE state.
-        self._deleted[number - 1] = True
-        self._live_count -= 1
-        self._live_octets -= message.octets
+        self.listing.mark_deleted(number)
         return Reply(replies.ok(f"message {number} deleted"))
 
     def _noop_cmd(self, command: Command) -> Event:
@@ -335,11 +426,9 @@ class Pop3Session:
 
     def _rset_cmd(self, command: Command) -> Event:
         _arity(command, 0)
-        self._deleted = [False] * len(self._listing)
-        self._reset_totals()
-        return Reply(
-            replies.ok(f"maildrop has {self._live_count} messages ({self._live_octets} octets)")
-        )
+        self.listing.reset()
+        n, octets = self.listing.live_count, self.listing.live_octets
+        return Reply(replies.ok(f"maildrop has {n} messages ({octets} octets)"))
 
 
 def _arity(command: Command, *allowed: int) -> tuple[str, ...]:

@@ -18,7 +18,9 @@ class State(enum.Enum):
 # Which command may be given in which state. CAPA (RFC 2449 section 5) is valid in both
 # AUTHORIZATION and TRANSACTION; nothing is valid in UPDATE (the server is busy committing).
 LEGAL_COMMANDS: dict[State, frozenset[str]] = {
-    State.AUTHORIZATION: frozenset({"USER", "PASS", "APOP", "QUIT", "CAPA"}),
+    State.AUTHORIZATION: frozenset(
+        {"USER", "PASS", "APOP", "AUTH", "STLS", "UTF8", "QUIT", "CAPA"}
+    ),
     State.TRANSACTION: frozenset(
         {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "QUIT", "CAPA"}
     ),

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from popbox.auth.oauth import BearerVerifier, OAuthConfig
 from popbox.auth.passwdfile import PasswdFileAuthenticator
+from popbox.auth.throttle import LoginDelayTracker, LoginThrottle, ThrottleConfig
 from popbox.config import Config
+from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS
 from popbox.server.connection import Pop3Connection
-from popbox.server.context import ServerContext, SessionPolicy
+from popbox.server.context import (
+    OAUTH_MECHANISMS,
+    TLS_HANDSHAKE_TIMEOUT,
+    ServerContext,
+    SessionPolicy,
+)
+from popbox.server.tls import TlsManager
 from popbox.storage.maildir import MaildirStore
 
 log = logging.getLogger("popbox.server")
@@ -21,20 +31,66 @@ log = logging.getLogger("popbox.server")
 RFC1939_MIN_IDLE_TIMEOUT = 600.0
 
 
+def offered_mechanisms(config: Config) -> tuple[str, ...]:
+    """The SASL mechanisms this server offers (before per-connection filtering)."""
+    if config.auth.mechanisms is not None:
+        return config.auth.mechanisms
+    return tuple(
+        name
+        for name in MECHANISMS
+        if (config.auth.oauth is not None or name not in OAUTH_MECHANISMS)
+        and (config.tls.enabled or name not in CHANNEL_BINDING_MECHANISMS)
+    )
+
+
+def make_authenticator(config: Config) -> PasswdFileAuthenticator:
+    oauth = config.auth.oauth
+    verifier = None
+    if oauth is not None:
+        verifier = BearerVerifier(
+            OAuthConfig(
+                issuer=oauth.issuer,
+                audience=oauth.audience,
+                username_claim=oauth.username_claim,
+                jwks_file=oauth.jwks_file,
+                public_key=oauth.public_key,
+            )
+        )
+    return PasswdFileAuthenticator(config.auth.passwd_file, oauth=verifier)
+
+
 def make_context(config: Config) -> ServerContext:
+    auth = config.auth
     policy = SessionPolicy(
         hostname=config.hostname,
         idle_timeout=config.idle_timeout,
-        failure_delay=config.auth.failure_delay,
-        plaintext=config.auth.plaintext,
+        plaintext=auth.plaintext,
         max_bad_commands=config.limits.max_bad_commands,
         max_connections=config.limits.max_connections,
         max_connections_per_ip=config.limits.max_connections_per_ip,
+        mechanisms=offered_mechanisms(config),
+        login_delay=auth.login_delay,
+        expire=None if config.mail.expire is None else str(config.mail.expire).upper(),
     )
+    throttle = LoginThrottle(
+        ThrottleConfig(
+            failure_delay=auth.failure_delay,
+            failure_delay_max=auth.failure_delay_max,
+            max_failures=auth.max_failures,
+            failure_window=auth.failure_window,
+            block_time=auth.block_time,
+        )
+    )
+    tls = None
+    if config.tls.certificate is not None and config.tls.private_key is not None:
+        tls = TlsManager(config.tls.certificate, config.tls.private_key, config.tls.min_version)
     return ServerContext(
         policy=policy,
-        authenticator=PasswdFileAuthenticator(config.auth.passwd_file),
+        authenticator=make_authenticator(config),
         store=MaildirStore(config.mail.maildir_template),
+        throttle=throttle,
+        login_delays=None if auth.login_delay is None else LoginDelayTracker(auth.login_delay),
+        tls=tls,
     )
 
 
@@ -56,12 +112,16 @@ async def serve(
     servers = []
     bound: list[tuple[str, int]] = []
     for listener in config.listen:
+        implicit = listener.tls == "implicit" and ctx.tls is not None
         server = await loop.create_server(
-            lambda: Pop3Connection(ctx),
+            functools.partial(Pop3Connection, ctx, listener.tls),
             listener.address,
             listener.port,
             reuse_address=True,
             backlog=1024,
+            # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first.
+            ssl=ctx.tls.listener_context if implicit and ctx.tls else None,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
         )
         servers.append(server)
         for sock in server.sockets:
@@ -71,6 +131,10 @@ async def serve(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if ctx.tls is not None:
+        # SIGHUP: new TLS files for new connections; running sessions keep theirs.
+        loop.add_signal_handler(signal.SIGHUP, ctx.tls.reload)
+    log.info("ready")
     if on_ready is not None:
         on_ready(bound)
     await stop.wait()

@@ -11,22 +11,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import cast
 
-from popbox.auth.base import AuthOutcome, AuthResult
 from popbox.protocol.events import (
     Authenticate,
     AuthenticateApop,
     CloseConnection,
     CommitUpdate,
+    Event,
     NeedData,
+    OpenMaildrop,
     Reply,
     Retrieve,
+    SaslCheck,
+    SaslFailed,
+    ScramLookup,
+    StartTls,
 )
-from popbox.protocol.session import Pop3Session, SessionConfig
-from popbox.server.context import MAX_PENDING_INPUT, ServerContext
-from popbox.storage.base import Maildrop, MaildropLocked, MessageGone, StoreError
+from popbox.protocol.session import Pop3Session
+from popbox.server.context import MAX_PENDING_INPUT, TLS_HANDSHAKE_TIMEOUT, ServerContext
+from popbox.server.login import LoginHandler, printable
+from popbox.server.tls import ServerContext as TlsServerContext
+from popbox.storage.base import Maildrop, MessageGone, StoreError
 
 log = logging.getLogger("popbox.session")
 
@@ -40,14 +48,11 @@ class SessionCounts:
     bytes_sent: int = 0
 
 
-def printable(text: str) -> str:
-    """Client-chosen text made safe for a log line (no control characters, no newlines)."""
-    return text.encode("unicode_escape").decode("ascii")[:100]
-
-
 class Pop3Connection(asyncio.Protocol):
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, tls_mode: str = "none") -> None:
         self._ctx = ctx
+        self._tls_mode = tls_mode  # "none" | "starttls" | "implicit"
+        self._tls = False
         self._transport: asyncio.Transport | None = None
         self._session: Pop3Session | None = None
         self._data_arrived = asyncio.Event()
@@ -63,6 +68,8 @@ class Pop3Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        # Implicit TLS (RFC 8314): asyncio ran the handshake before calling us.
+        self._tls = transport.get_extra_info("ssl_object") is not None
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else "?"
         sock = transport.get_extra_info("socket")
@@ -72,13 +79,6 @@ class Pop3Connection(asyncio.Protocol):
         ctx = self._ctx
         if not self._admit(self._transport):
             return
-        self._session = Pop3Session(
-            SessionConfig(
-                timestamp=ctx.apop_timestamp(),
-                plaintext_allowed=ctx.plaintext_allowed(self.peer, tls=False),
-                max_bad_commands=ctx.policy.max_bad_commands,
-            )
-        )
         ctx.per_ip[self.peer] += 1
         task = asyncio.get_running_loop().create_task(self._run())
         ctx.tasks.add(task)
@@ -95,10 +95,11 @@ class Pop3Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # `printf 'USER a\r\nPASS b\r\nQUIT\r\n' | nc` half-closes after its last command:
-        # keep the transport open so the pending commands still get their replies.
+        # keep the transport open so the pending commands still get their replies (TLS
+        # cannot half-close: there the transport closes itself).
         self._eof = True
         self._data_arrived.set()
-        return True
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -112,15 +113,17 @@ class Pop3Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._wake_writer(None)
 
-    # -- the driver ---------------------------------------------------------------------
+    # -- helpers ------------------------------------------------------------------------
 
     def _admit(self, transport: asyncio.Transport) -> bool:
-        """Connection limits: refuse politely (RFC 3206 [SYS/TEMP]) and close."""
+        """Connection limits and blocked addresses: refuse (RFC 3206 [SYS/TEMP]), close."""
         ctx = self._ctx
         if len(ctx.tasks) >= ctx.policy.max_connections:
             reason = "too many connections"
         elif ctx.per_ip[self.peer] >= ctx.policy.max_connections_per_ip:
             reason = "too many connections from your address"
+        elif ctx.throttle.address_blocked(self.peer, time.monotonic()):
+            reason = "too many failed logins from your address, try again later"
         else:
             return True
         log.warning("refused client=%s reason=%r", self.peer, reason)
@@ -148,15 +151,64 @@ class Pop3Connection(asyncio.Protocol):
             self._transport.write(data)
             self.counts.bytes_sent += len(data)
 
+    async def _start_tls(self) -> None:
+        """STLS (RFC 2595 section 4): the handshake on the same connection."""
+        assert self._ctx.tls is not None and self._transport is not None
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            self._transport,
+            self,
+            self._ctx.tls.current.context,
+            server_side=True,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+        )
+        if transport is None:
+            raise ConnectionError("TLS handshake failed")
+        self._transport = transport
+        self._tls = True
+        self._log_tls()
+
+    def _log_tls(self) -> None:
+        assert self._transport is not None
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        cipher = ssl_object.cipher() if ssl_object is not None else None
+        log.info(
+            "tls client=%s version=%s cipher=%s",
+            self.peer,
+            ssl_object.version() if ssl_object is not None else "?",
+            cipher[0] if cipher else "?",
+        )
+
+    def _channel_binding(self) -> tuple[str, bytes] | None:
+        """RFC 5929 tls-server-end-point of the certificate this connection got."""
+        assert self._transport is not None
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        context = getattr(ssl_object, "context", None)
+        if not isinstance(context, TlsServerContext):
+            return None
+        return ("tls-server-end-point", context.server_end_point)
+
+    # -- the driver ---------------------------------------------------------------------
+
     async def _run(self) -> None:
-        session = self._session
-        assert session is not None and self._transport is not None
+        assert self._transport is not None
         log.info("connect client=%s", self.peer)
         reason = "closed"
+        session: Pop3Session | None = None
         try:
+            if self._tls:
+                self._log_tls()
+            session = self._session = Pop3Session(
+                self._ctx.session_config(
+                    self.peer,
+                    tls=self._tls,
+                    stls=self._tls_mode == "starttls",
+                    channel_binding=self._channel_binding() if self._tls else None,
+                )
+            )
             self._write(session.greeting().data)
             reason = await self._event_loop(session)
-        except ConnectionError:
+        except (ConnectionError, OSError, TimeoutError):
             reason = "disconnected"
         except asyncio.CancelledError:
             reason = "shutdown"
@@ -165,32 +217,38 @@ class Pop3Connection(asyncio.Protocol):
             reason = "internal error"
             log.exception("internal error client=%s", self.peer)
         finally:
-            await self._release()
-            if reason in ("internal error", "shutdown", "autologout"):
-                self._transport.abort()
-            else:
-                self._transport.close()
-            self._ctx.per_ip[self.peer] -= 1
-            if self._ctx.per_ip[self.peer] <= 0:
-                del self._ctx.per_ip[self.peer]
-            c = self.counts
-            log.info(
-                "logout user=%s client=%s reason=%s retrieved=%d deleted=%d bytes=%d",
-                printable(session.user or "-"),
-                self.peer,
-                reason,
-                c.retrieved,
-                c.deleted,
-                c.bytes_sent,
-            )
+            await self._finish(session, reason)
+
+    async def _finish(self, session: Pop3Session | None, reason: str) -> None:
+        await self._release()
+        assert self._transport is not None
+        if reason in ("internal error", "shutdown", "autologout"):
+            self._transport.abort()
+        else:
+            self._transport.close()
+        self._ctx.per_ip[self.peer] -= 1
+        if self._ctx.per_ip[self.peer] <= 0:
+            del self._ctx.per_ip[self.peer]
+        c = self.counts
+        log.info(
+            "logout user=%s client=%s reason=%s retrieved=%d deleted=%d bytes=%d",
+            printable(session.user if session else None),
+            self.peer,
+            reason,
+            c.retrieved,
+            c.deleted,
+            c.bytes_sent,
+        )
 
     async def _event_loop(self, session: Pop3Session) -> str:
         loop = asyncio.get_running_loop()
         idle_timeout = self._ctx.policy.idle_timeout
         last_command = loop.time()
         out: list[bytes] = []
+        follow_up: Event | None = None
         while True:
-            event = session.next_event()
+            event = follow_up if follow_up is not None else session.next_event()
+            follow_up = None
             if isinstance(event, Reply):
                 out.append(event.data)
                 last_command = loop.time()
@@ -204,18 +262,49 @@ class Pop3Connection(asyncio.Protocol):
                     return "disconnected"
                 await self._drain()
                 if not await self._wait_for_data(last_command + idle_timeout - loop.time()):
-                    log.info("autologout user=%s client=%s", session.user or "-", self.peer)
+                    log.info("autologout user=%s client=%s", printable(session.user), self.peer)
                     return "autologout"
                 continue
             last_command = loop.time()
             if isinstance(event, CloseConnection):
                 return "quit"
-            if isinstance(event, Authenticate | AuthenticateApop):
-                out.append(await self._login(session, event))
-            elif isinstance(event, Retrieve):
-                out.append(await self._retrieve(session, event))
-            elif isinstance(event, CommitUpdate):
-                out.append(await asyncio.shield(self._update(session, event)))
+            follow_up = await self._request(session, event)
+
+    async def _request(self, session: Pop3Session, event: Event) -> Event | None:
+        """Carry out one request of the core; returns the core's answer, if any."""
+        if isinstance(event, Authenticate | AuthenticateApop | SaslCheck | OpenMaildrop):
+            return await self._login(session, event)
+        if isinstance(event, SaslFailed):
+            return await self._login(session, event)
+        if isinstance(event, ScramLookup):
+            return await LoginHandler(self._ctx, session, self.peer).scram_lookup(event)
+        if isinstance(event, Retrieve):
+            await self._retrieve(session, event)
+            return None
+        if isinstance(event, CommitUpdate):
+            return await asyncio.shield(self._update(session, event))
+        if isinstance(event, StartTls):
+            self._write(event.reply)
+            await self._start_tls()
+            binding = self._channel_binding()
+            plaintext = self._ctx.plaintext_allowed(self.peer, tls=True)
+            session.tls_established(
+                plaintext_allowed=plaintext,
+                mechanisms=self._ctx.mechanisms(plaintext_allowed=plaintext, tls=True),
+                channel_binding=binding,
+            )
+            return None
+        raise AssertionError(f"unhandled event {event!r}")
+
+    async def _login(
+        self,
+        session: Pop3Session,
+        event: Authenticate | AuthenticateApop | SaslCheck | OpenMaildrop | SaslFailed,
+    ) -> Event:
+        result = await LoginHandler(self._ctx, session, self.peer).login(event)
+        if result.maildrop is not None:
+            self._maildrop = result.maildrop
+        return result.event
 
     async def _wait_for_data(self, timeout: float) -> bool:
         """Wait for bytes; False when the autologout timer (RFC 1939 section 3) ran out."""
@@ -231,54 +320,7 @@ class Pop3Connection(asyncio.Protocol):
             return False
         return True
 
-    async def _login(self, session: Pop3Session, event: Authenticate | AuthenticateApop) -> bytes:
-        ctx = self._ctx
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        if isinstance(event, Authenticate):
-            mechanism = "USER"
-            result = await ctx.authenticator.verify_password(event.user, event.password)
-        else:
-            mechanism = "APOP"
-            result = await ctx.authenticator.verify_apop(event.user, event.timestamp, event.digest)
-        if not result.ok:
-            # The same reply after the same delay, whatever went wrong (unknown user or
-            # wrong password): counted from the command, so hashing time does not show.
-            await asyncio.sleep(max(0.0, started + ctx.policy.failure_delay - loop.time()))
-            log.info(
-                "login failed user=%s client=%s mechanism=%s reason=%s",
-                printable(event.user),
-                self.peer,
-                mechanism,
-                result.outcome.value,
-            )
-            if result.outcome is AuthOutcome.TEMPORARY_FAILURE:
-                return session.auth_unavailable().data
-            return session.auth_rejected().data
-        return await self._open_maildrop(session, result, mechanism)
-
-    async def _open_maildrop(self, session: Pop3Session, result: AuthResult, mech: str) -> bytes:
-        user = result.user
-        assert user is not None
-        try:
-            self._maildrop = await self._ctx.store.open(user)
-        except MaildropLocked:
-            log.info("login failed user=%s client=%s reason=in-use", user, self.peer)
-            return session.maildrop_locked().data
-        except (StoreError, OSError, ValueError) as error:
-            log.error("maildrop unavailable user=%s client=%s error=%s", user, self.peer, error)
-            return session.maildrop_unavailable().data
-        listing = self._maildrop.listing
-        log.info(
-            "login ok user=%s client=%s mechanism=%s messages=%d",
-            user,
-            self.peer,
-            mech,
-            len(listing),
-        )
-        return session.maildrop_opened(user, listing).data
-
-    async def _retrieve(self, session: Pop3Session, event: Retrieve) -> bytes:
+    async def _retrieve(self, session: Pop3Session, event: Retrieve) -> None:
         """Stream one message (shared/DESIGN.md: a store failure before +OK is -ERR; after
         +OK the connection is closed, since the reply can no longer be ended honestly)."""
         assert self._maildrop is not None
@@ -288,10 +330,12 @@ class Pop3Connection(asyncio.Protocol):
             try:
                 first = await anext(stream, b"")
             except MessageGone:
-                return session.retrieve_failed(message_gone=True).data
+                self._write(session.retrieve_failed(message_gone=True).data)
+                return
             except (StoreError, OSError) as error:
                 log.error("read failed user=%s error=%s", session.user, error)
-                return session.retrieve_failed(message_gone=False).data
+                self._write(session.retrieve_failed(message_gone=False).data)
+                return
             pending = event.status_line + encoder.feed(first)
             async for block in stream:
                 if encoder.done:
@@ -311,9 +355,8 @@ class Pop3Connection(asyncio.Protocol):
         session.retrieve_done()
         if not encoder.is_top:
             self.counts.retrieved += 1
-        return b""
 
-    async def _update(self, session: Pop3Session, event: CommitUpdate) -> bytes:
+    async def _update(self, session: Pop3Session, event: CommitUpdate) -> Event:
         """RFC 1939 section 6: remove the marked messages, then release the maildrop."""
         assert self._maildrop is not None
         result = await self._maildrop.delete(event.keys)
@@ -321,7 +364,7 @@ class Pop3Connection(asyncio.Protocol):
         if result.failed:
             log.error("update user=%s not removed=%d", session.user, len(result.failed))
         await self._release()
-        return session.update_done(failed=len(result.failed)).data
+        return session.update_done(failed=len(result.failed))
 
     async def _release(self) -> None:
         maildrop, self._maildrop = self._maildrop, None

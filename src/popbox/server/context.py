@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import ipaddress
 import itertools
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 
 from popbox.auth.base import Authenticator
+from popbox.auth.throttle import LoginDelayTracker, LoginThrottle
+from popbox.protocol.session import SessionConfig
+from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS, PLAINTEXT_MECHANISMS
+from popbox.server.tls import TlsManager
 from popbox.storage.base import MaildropStore
 
 # Input octets the core may hold while a request (RETR, login) is open before the driver
 # stops reading from the socket: pipelining stays possible, a flood stays bounded.
 MAX_PENDING_INPUT = 64 * 1024
+
+# RFC 8314 section 5.2 leaves the handshake timeout to the server; a client that has not
+# finished it in this time is not a real client.
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+OAUTH_MECHANISMS = frozenset({"OAUTHBEARER", "XOAUTH2"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +36,13 @@ class SessionPolicy:
 
     hostname: str
     idle_timeout: float
-    failure_delay: float
     plaintext: str  # "never" | "loopback" | "always"
     max_bad_commands: int
     max_connections: int
     max_connections_per_ip: int
+    mechanisms: tuple[str, ...] = tuple(MECHANISMS)
+    login_delay: int | None = None
+    expire: str | None = None
 
 
 @dataclass(slots=True)
@@ -36,6 +50,9 @@ class ServerContext:
     policy: SessionPolicy
     authenticator: Authenticator
     store: MaildropStore
+    throttle: LoginThrottle
+    login_delays: LoginDelayTracker | None = None
+    tls: TlsManager | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
@@ -51,6 +68,43 @@ class ServerContext:
         if self.policy.plaintext == "never":
             return False
         return is_loopback(peer_ip)
+
+    def mechanisms(self, *, plaintext_allowed: bool, tls: bool) -> tuple[str, ...]:
+        """The SASL mechanisms usable on a connection now (CAPA's SASL line, RFC 5034)."""
+        return tuple(
+            name
+            for name in self.policy.mechanisms
+            if (plaintext_allowed or name not in PLAINTEXT_MECHANISMS)
+            and (tls or name not in CHANNEL_BINDING_MECHANISMS)
+        )
+
+    def session_config(
+        self,
+        peer_ip: str,
+        *,
+        tls: bool,
+        stls: bool,
+        channel_binding: tuple[str, bytes] | None = None,
+    ) -> SessionConfig:
+        plaintext = self.plaintext_allowed(peer_ip, tls=tls)
+        return SessionConfig(
+            timestamp=self.apop_timestamp(),
+            hostname=self.policy.hostname,
+            plaintext_allowed=plaintext,
+            tls_active=tls,
+            stls_available=stls and not tls,
+            mechanisms=self.mechanisms(plaintext_allowed=plaintext, tls=tls),
+            channel_binding=channel_binding,
+            nonce=new_nonce,
+            login_delay=self.policy.login_delay,
+            expire=self.policy.expire,
+            max_bad_commands=self.policy.max_bad_commands,
+        )
+
+
+def new_nonce() -> str:
+    """A fresh SASL nonce: 18 random bytes in base64 (no "," or "=", RFC 5802 section 5)."""
+    return base64.b64encode(secrets.token_bytes(18)).decode("ascii")
 
 
 def is_loopback(address: str) -> bool:
