@@ -96,15 +96,25 @@ def write_maildir(maildir: Path, messages: list[bytes], *, start: int = 0) -> li
 
 
 def write_config(
-    root: Path, top: dict[str, object], extra: str = "", listeners: tuple[str, ...] = ("none",)
+    root: Path,
+    top: dict[str, object],
+    extra: str = "",
+    listeners: tuple[str, ...] = ("none",),
+    mail_extra: str = "",
 ) -> Path:
-    """A config on free ports: one [[listen]] per tls mode in `listeners`; `extra` is
-    appended TOML (more keys for [auth] may follow directly: it comes right after it)."""
+    """A config on free ports: one [[listen]] per tls mode in `listeners`; `extra` is TOML
+    that follows the [auth] keys (more [auth] keys, then other tables); `mail_extra` is
+    more [mail] keys. Short test failure delays unless `extra` sets its own."""
     settings: dict[str, object] = {"hostname": HOSTNAME, "idle_timeout": 600} | top
     lines = [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
     lines = [line.replace("'", '"') for line in lines]
     listen = "".join(
         f'[[listen]]\naddress = "127.0.0.1"\nport = 0\ntls = "{mode}"\n' for mode in listeners
+    )
+    defaults = "".join(
+        f"{key} = 0.3\n"
+        for key in ("failure_delay", "failure_delay_max")
+        if not re.search(rf"^{key}\s*=", extra, re.MULTILINE)
     )
     config = root / "popbox.toml"
     config.write_text(
@@ -112,7 +122,9 @@ def write_config(
         + "\n"
         + listen
         + '[mail]\nlocation = "maildir:mail/%u/Maildir"\n'
-        + '[auth]\npasswd_file = "users"\nfailure_delay = 0.3\nfailure_delay_max = 0.3\n'
+        + mail_extra
+        + '[auth]\npasswd_file = "users"\n'
+        + defaults
         + extra
     )
     return config
@@ -126,13 +138,14 @@ def start_popbox(
     top: dict[str, object] | None = None,
     extra: str = "",
     listeners: tuple[str, ...] = ("none",),
+    mail_extra: str = "",
 ) -> PopboxServer:
     """Write users, Maildirs and a config (top-level keys, extra TOML tables), then launch."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "users").write_text("".join(f"{u}:{s}\n" for u, s in users.items()))
     for user, messages in (mail or {}).items():
         write_maildir(root / "mail" / user / "Maildir", messages)
-    config = write_config(root, top or {}, extra, listeners)
+    config = write_config(root, top or {}, extra, listeners, mail_extra)
     return launch(root, config)
 
 
@@ -174,11 +187,13 @@ class RawClient:
         timeout: float = 10.0,
         port: int | None = None,
         tls: ssl.SSLContext | None = None,
+        source: str | None = None,
     ) -> None:
         import socket  # noqa: PLC0415
 
         address = (server.host, port or server.port)
-        self.sock = socket.create_connection(address, timeout=timeout)
+        bind = None if source is None else (source, 0)  # e.g. 127.0.0.2: another client
+        self.sock = socket.create_connection(address, timeout=timeout, source_address=bind)
         if tls is not None:  # implicit TLS (RFC 8314): the handshake comes first
             self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         OPEN_CLIENTS.append(self)
@@ -322,3 +337,40 @@ def numbering_mda(directory: Path) -> Path:
     )
     script.chmod(0o700)
     return script
+
+
+# --- Real POP3 clients over TLS (tests/server/test_clients_tls_*.py) ----------------------
+
+TLS_LOGGED = re.compile(r"tls client=127\.0\.0\.1 version=(TLSv1\.[23]) cipher=\S+")
+
+
+def log_mark(server: PopboxServer) -> int:
+    """Where the log stands now: a `start` for looking only at what a client does next."""
+    with server.log.cond:
+        return len(server.log.lines)
+
+
+def tls_login_logged(
+    server: PopboxServer, mechanism: str, *, start: int, user: str = "alice"
+) -> str:
+    """Wait for a login with exactly `mechanism` logged after line `start`, check that a
+    TLS handshake was logged between `start` and it, and return that TLS version."""
+    login = rf"login ok user={user} client=127\.0\.0\.1 mechanism={re.escape(mechanism)} "
+    server.log.wait_for(login, start=start)
+    with server.log.cond:
+        lines = server.log.lines[start:]
+    at = next(n for n, line in enumerate(lines) if re.search(login, line))
+    versions = [found.group(1) for line in lines[:at] if (found := TLS_LOGGED.search(line))]
+    assert versions, "no TLS handshake logged before the login:\n" + "\n".join(lines)
+    return versions[-1]
+
+
+def no_login_since(server: PopboxServer, start: int, context: ssl.SSLContext) -> None:
+    """After a client gave up during the TLS handshake: one more session over implicit TLS
+    that only QUITs shows the server still serving, and nobody logged in since `start`."""
+    barrier = RawClient(server, port=server.ports["implicit"], tls=context)
+    assert barrier.command(b"QUIT") == b"+OK POP3 server signing off\r\n"
+    server.log.wait_for(r"logout user=- client=127\.0\.0\.1 reason=quit ", start=start)
+    with server.log.cond:
+        lines = server.log.lines[start:]
+    assert not [line for line in lines if "login ok" in line], "\n".join(lines)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from popbox.auth import passwdfile, schemes
+from popbox.auth.precis import normalize_password
 from popbox.auth.usernames import InvalidUsername
 
 
@@ -45,7 +46,9 @@ def user_command(args: argparse.Namespace, path: Path) -> int:
 
 def pw_command(args: argparse.Namespace) -> int:
     try:
-        print(schemes.hash_password(_password(args), args.scheme.upper()))
+        # RFC 8265 OpaqueString, as `popbox user add` and the login path apply it.
+        password = normalize_password(_password(args))
+        print(schemes.hash_password(password, args.scheme.upper()))
     except (schemes.UnknownScheme, ValueError) as error:
         print(f"popbox pw: {error}", file=sys.stderr)
         return 1

@@ -24,10 +24,13 @@ def popbox(tmp_path: Path) -> Iterator[Starter]:
         *,
         extra: str = "",
         listeners: tuple[str, ...] = ("none",),
+        mail_extra: str = "",
         **top: object,
     ) -> PopboxServer:
         root = tmp_path / f"server{len(started)}"
-        server = start_popbox(root, users, mail, top=top, extra=extra, listeners=listeners)
+        server = start_popbox(
+            root, users, mail, top=top, extra=extra, listeners=listeners, mail_extra=mail_extra
+        )
         started.append(server)
         return server
 

@@ -42,7 +42,8 @@ def printable(text: str | None) -> str:
     """Client-chosen text made safe for a log line (no control characters, no newlines)."""
     if text is None:
         return "-"
-    return text.encode("unicode_escape").decode("ascii")[:100] or "-"
+    safe = "".join(c if c.isprintable() and not c.isspace() else f"\\x{ord(c):02x}" for c in text)
+    return safe[:100] or "-"
 
 
 @dataclass(slots=True)
