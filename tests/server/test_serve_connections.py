@@ -8,7 +8,7 @@ import socket
 
 from conftest import Starter
 
-from server_helpers import RawClient
+from server_helpers import RawClient, launch
 
 USERS = {"alice": "{PLAIN}secret"}
 MAIL = {"alice": [b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i) for i in range(3)]}
@@ -86,3 +86,17 @@ def test_one_process_serves_a_thousand_sessions(popbox: Starter) -> None:
     for client in clients:
         assert client.read_line().startswith(b"+OK POP3 server signing off")
     assert server.process.poll() is None
+
+
+def test_user_without_a_possible_maildrop_gets_sys_perm(popbox: Starter) -> None:
+    server = popbox({"alice": "{PLAIN}secret", "bob@example.org": "{PLAIN}pw"})
+    config = server.root / "popbox.toml"
+    server.stop()
+    config.write_text(config.read_text().replace("mail/%u/Maildir", "mail/%d/%n/Maildir"))
+    server = launch(server.root, config)
+    # %d needs a domain: "alice" has none, so no maildrop can ever be opened for her.
+    assert RawClient(server).login("alice", "secret") == (
+        b"-ERR [SYS/PERM] maildrop cannot be opened for this user\r\n"
+    )
+    assert RawClient(server).login("bob@example.org", "pw").startswith(b"+OK maildrop has 0")
+    assert (server.root / "mail" / "example.org" / "bob" / "Maildir" / "new").is_dir()

@@ -181,8 +181,11 @@ class Pop3Session:
         self._finish_login()
         return Reply(replies.err("[IN-USE] maildrop is locked by another session"))
 
-    def maildrop_unavailable(self) -> Reply:
+    def maildrop_unavailable(self, *, permanent: bool = False) -> Reply:
+        """RFC 3206 section 4: [SYS/TEMP] if trying later may help, [SYS/PERM] if not."""
         self._finish_login()
+        if permanent:
+            return Reply(replies.err("[SYS/PERM] maildrop cannot be opened for this user"))
         return Reply(replies.err("[SYS/TEMP] maildrop is temporarily unavailable"))
 
     def login_delayed(self) -> Reply:

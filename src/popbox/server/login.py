@@ -30,7 +30,7 @@ from popbox.protocol.events import (
 from popbox.protocol.session import Pop3Session
 from popbox.sasl.base import CheckBearer, CheckCramMd5, CheckPassword
 from popbox.server.context import OAUTH_MECHANISMS, ServerContext
-from popbox.storage.base import Maildrop, MaildropLocked, StoreError
+from popbox.storage.base import InvalidMaildropUser, Maildrop, MaildropLocked, StoreError
 
 log = logging.getLogger("popbox.login")
 
@@ -132,6 +132,9 @@ class LoginHandler:
         except MaildropLocked:
             self._failed(user, mechanism, "in-use")
             return LoginResult(self.session.maildrop_locked())
+        except InvalidMaildropUser as error:
+            log.error("no maildrop for user=%s client=%s: %s", user, self.peer, error)
+            return LoginResult(self.session.maildrop_unavailable(permanent=True))
         except (StoreError, OSError, ValueError) as error:
             log.error("maildrop unavailable user=%s client=%s error=%s", user, self.peer, error)
             return LoginResult(self.session.maildrop_unavailable())

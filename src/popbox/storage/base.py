@@ -49,6 +49,11 @@ class MaildropLocked(StoreError):
     """Another session holds the maildrop's exclusive lock: `-ERR [IN-USE]`."""
 
 
+class InvalidMaildropUser(StoreError):
+    """The user name cannot name a maildrop (empty, "..", a "/" ...); nothing was touched.
+    Trying again will not help: `-ERR [SYS/PERM]`."""
+
+
 class MessageGone(StoreError):
     """The message vanished since the snapshot was taken: `-ERR` for that message."""
 

@@ -23,6 +23,7 @@ from popbox.auth.usernames import InvalidUsername, validate_username
 from popbox.storage.base import (
     READ_BLOCK_SIZE,
     DeleteResult,
+    InvalidMaildropUser,
     MessageGone,
     MessageInfo,
     StoreError,
@@ -56,10 +57,6 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 # %d its domain (user@domain), %% a literal percent sign.
 _TEMPLATE_FIELD = re.compile(r"%(.?)", re.DOTALL)
 _TEMPLATE_KEYS = frozenset("und%")
-
-
-class InvalidMaildropUser(StoreError):
-    """The user name cannot name a maildrop (empty, "..", a "/" ...); nothing was touched."""
 
 
 def _check_template(template: str) -> None:
