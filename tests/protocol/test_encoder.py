@@ -111,3 +111,32 @@ def test_top_marks_done_so_reading_can_stop() -> None:
     assert encoder.done
     assert encoder.feed(b"more\n") == b""
     assert encoder.finish() == b".\r\n"
+
+
+@pytest.mark.parametrize("block", [1, 3, 4096])
+def test_outlook_no_nuls_workaround(block: int) -> None:
+    """Dovecot's outlook-no-nuls: NUL octets go out as 0x80, nothing else changes."""
+    message = b"H: 1\r\n\r\na\x00b\x00\x00\r\n"
+    encoder = MessageEncoder(no_nuls=True)
+    out = b"".join(encoder.feed(message[i : i + block]) for i in range(0, len(message), block))
+    assert out + encoder.finish() == b"H: 1\r\n\r\na\x80b\x80\x80\r\n.\r\n"
+    assert encode(message, None, block) == message + b".\r\n"
+
+
+@pytest.mark.parametrize(
+    ("message", "top", "wire"),
+    [
+        (b"H: 1\nH: 2\n", None, b"H: 1\r\nH: 2\r\n\r\n.\r\n"),  # no blank line: one is added
+        (b"H: 1", None, b"H: 1\r\n\r\n.\r\n"),
+        (b"H: 1\n\nbody\n", None, b"H: 1\r\n\r\nbody\r\n.\r\n"),  # has one: unchanged
+        (b"H: 1\nH: 2\n", 0, b"H: 1\r\nH: 2\r\n\r\n.\r\n"),
+        (b"H: 1\n\nb1\nb2\n", 1, b"H: 1\r\n\r\nb1\r\n.\r\n"),
+        (b"", None, b".\r\n"),
+    ],
+)
+@pytest.mark.parametrize("block", [1, 2, 4096])
+def test_oe_ns_eoh_workaround(message: bytes, top: int | None, wire: bytes, block: int) -> None:
+    """Dovecot's oe-ns-eoh: a message without the blank line after its header gets one."""
+    encoder = MessageEncoder(top, add_end_of_headers=True)
+    out = b"".join(encoder.feed(message[i : i + block]) for i in range(0, len(message), block))
+    assert out + encoder.finish() == wire

@@ -44,17 +44,25 @@ class MessageEncoder:
     """
 
     __slots__ = (
+        "_add_eoh",
         "_at_line_start",
         "_body_lines_left",
         "_held_cr",
         "_in_header",
         "_last_octets",
+        "_no_nuls",
         "_nothing_sent",
         "done",
         "is_top",
     )
 
-    def __init__(self, top_lines: int | None = None) -> None:
+    def __init__(
+        self,
+        top_lines: int | None = None,
+        *,
+        no_nuls: bool = False,
+        add_end_of_headers: bool = False,
+    ) -> None:
         # A CR at the end of a block may be the first half of a CRLF split across blocks.
         self._held_cr = False
         self._at_line_start = True
@@ -62,10 +70,15 @@ class MessageEncoder:
         # The last (up to) 3 octets sent, to find a blank line split across blocks; it
         # starts as CRLF so that a message beginning with a blank line has an empty header.
         self._last_octets = b"\r\n"
-        self._in_header = top_lines is not None
+        self._in_header = top_lines is not None or add_end_of_headers
         self._body_lines_left = top_lines
         self.done = False
         self.is_top = top_lines is not None
+        # Dovecot's pop3_client_workarounds: outlook-no-nuls sends NUL octets as 0x80
+        # (Outlook stops at a NUL); oe-ns-eoh sends the blank line that ends the header
+        # when a message has none (Outlook Express and Netscape Mail need it).
+        self._no_nuls = no_nuls
+        self._add_eoh = add_end_of_headers
 
     def feed(self, block: bytes) -> bytes:
         if self.done or not block:
@@ -75,6 +88,8 @@ class MessageEncoder:
         self._held_cr = block.endswith(b"\r")
         if self._held_cr:
             block = block[:-1]
+        if self._no_nuls:
+            block = block.replace(b"\0", b"\x80")
         return self._emit(to_crlf(block))
 
     def finish(self) -> bytes:
@@ -85,12 +100,22 @@ class MessageEncoder:
         if not self._nothing_sent and not self._last_octets.endswith(b"\r\n"):
             # RFC 1939 section 3: every line of a multi-line response ends with CRLF.
             tail += b"\r\n"
+        if self._add_eoh and self._in_header and not self.done and not self._nothing_sent:
+            tail += b"\r\n"
         self.done = True
         return tail + TERMINATOR
 
     def _emit(self, data: bytes) -> bytes:
-        if self._body_lines_left is not None:
-            data = self._cut_top(data)
+        body_from = 0
+        if self._in_header:
+            end = self._header_end(data)
+            if end < 0:
+                body_from = len(data)
+            else:
+                self._in_header = False
+                body_from = end
+        if self._body_lines_left is not None and not self._in_header:
+            data = self._cut_body(data, body_from)
         if not data:
             return b""
         out = _stuff(data, at_line_start=self._at_line_start)
@@ -99,16 +124,14 @@ class MessageEncoder:
         self._nothing_sent = False
         return out
 
-    def _cut_top(self, data: bytes) -> bytes:
-        """Keep the header, the blank line and `top_lines` body lines (RFC 1939 TOP)."""
-        start = 0
-        if self._in_header:
-            joined = self._last_octets + data
-            blank = joined.find(b"\r\n\r\n")
-            if blank < 0:
-                return data
-            self._in_header = False
-            start = blank + 4 - len(self._last_octets)
+    def _header_end(self, data: bytes) -> int:
+        """Where the body starts in `data` (after the blank line), or -1 if it does not."""
+        joined = self._last_octets + data
+        blank = joined.find(b"\r\n\r\n")
+        return -1 if blank < 0 else blank + 4 - len(self._last_octets)
+
+    def _cut_body(self, data: bytes, start: int) -> bytes:
+        """Keep `top_lines` body lines from `start` on (RFC 1939 TOP)."""
         left = self._body_lines_left
         assert left is not None
         if data.count(b"\n", start) < left:

@@ -13,8 +13,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from popbox.protocol import replies
-from popbox.protocol.commands import Command, parse_command, parse_number, strip_line_end
-from popbox.protocol.encoder import MessageEncoder
+from popbox.protocol.commands import Command, parse_command, strip_line_end
 from popbox.protocol.errors import LocalProtocolError, RemoteProtocolError
 from popbox.protocol.events import (
     Authenticate,
@@ -39,6 +38,7 @@ from popbox.protocol.listing import Listing
 from popbox.protocol.sasl_exchange import Phase, SaslExchange, decode_response
 from popbox.protocol.session_config import SessionConfig
 from popbox.protocol.states import State, check_legal
+from popbox.protocol.transaction import TransactionCommands, arity
 from popbox.sasl.base import MechanismContext, ScramCredentials
 from popbox.sasl.registry import MECHANISMS, PLAINTEXT_MECHANISMS, create
 
@@ -54,7 +54,7 @@ class _Overlong:
 _OVERLONG = _Overlong()
 
 
-class Pop3Session:
+class Pop3Session(TransactionCommands):
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.state = State.AUTHORIZATION
@@ -229,13 +229,16 @@ class Pop3Session:
     def retrieve_done(self) -> None:
         self._finish_request(Retrieve)
 
-    def update_done(self, *, failed: int) -> Reply:
-        """RFC 1939 section 6: "-ERR some deleted messages not removed" if any failed."""
+    def update_done(self, *, failed: int, expired: int = 0) -> Reply:
+        """RFC 1939 section 6: "-ERR some deleted messages not removed" if any failed.
+
+        `expired`: messages not marked by the client that the server removed as well
+        (RFC 2449 section 6.7 EXPIRE)."""
         self._finish_request(CommitUpdate)
         self._closing = True
         if failed:
             return Reply(replies.err("some deleted messages not removed"))
-        left = self.listing.live_count
+        left = self.listing.live_count - expired
         return Reply(replies.ok(f"POP3 server signing off ({left} messages left)"))
 
     # -- internals --------------------------------------------------------------------
@@ -297,7 +300,7 @@ class Pop3Session:
     # -- AUTHORIZATION (RFC 1939 sections 4 and 7, RFC 2595, RFC 5034, RFC 6856) -------
 
     def _user_cmd(self, command: Command) -> Event:
-        (name,) = _arity(command, 1)
+        (name,) = arity(command, 1)
         if not self.config.plaintext_allowed:
             raise RemoteProtocolError(replies.PLAINTEXT_DISALLOWED)
         self._user = name
@@ -314,13 +317,13 @@ class Pop3Session:
         return self._open(Authenticate(user, command.args[0]))
 
     def _apop_cmd(self, command: Command) -> Event:
-        name, digest = _arity(command, 2)
+        name, digest = arity(command, 2)
         if len(digest) != 32 or digest.strip("0123456789abcdefABCDEF"):
             raise RemoteProtocolError("APOP digest must be 32 hexadecimal digits")
         return self._open(AuthenticateApop(name, self.config.timestamp, digest.lower()))
 
     def _auth_cmd(self, command: Command) -> Event:
-        args = _arity(command, 0, 1, 2)
+        args = arity(command, 0, 1, 2)
         if not args:
             # Bare AUTH lists the mechanisms (RFC 1734 practice; Outlook relies on it).
             names = [m.encode("ascii") for m in self.config.mechanisms]
@@ -349,7 +352,7 @@ class Pop3Session:
         return self._sasl_event(self._sasl.start(initial))
 
     def _stls_cmd(self, command: Command) -> Event:
-        _arity(command, 0)
+        arity(command, 0)
         if self.config.tls_active:
             raise RemoteProtocolError("command not permitted when TLS active")
         if not self.config.stls_available:
@@ -362,12 +365,12 @@ class Pop3Session:
 
     def _utf8_cmd(self, command: Command) -> Event:
         """RFC 6856 section 2: enable UTF-8 mode (valid in AUTHORIZATION only)."""
-        _arity(command, 0)
+        arity(command, 0)
         self.utf8 = True
         return Reply(replies.ok("UTF8 enabled"))
 
     def _quit_cmd(self, command: Command) -> Event:
-        _arity(command, 0)
+        arity(command, 0)
         if self.state is State.AUTHORIZATION:
             # RFC 1939 section 4: QUIT here ends the session without entering UPDATE.
             self._closing = True
@@ -376,68 +379,6 @@ class Pop3Session:
         return self._open(CommitUpdate(self.listing.deleted_keys()))
 
     def _capa_cmd(self, command: Command) -> Event:
-        _arity(command, 0)
+        arity(command, 0)
         tags = replies.capabilities(self.config, authorization=self.state is State.AUTHORIZATION)
         return Reply(replies.multiline("Capability list follows", tags))
-
-    # -- TRANSACTION (RFC 1939 section 5) ---------------------------------------------
-
-    def _stat_cmd(self, command: Command) -> Event:
-        _arity(command, 0)
-        return Reply(replies.ok(f"{self.listing.live_count} {self.listing.live_octets}"))
-
-    def _list_cmd(self, command: Command) -> Event:
-        if _arity(command, 0, 1):
-            number = parse_number(command.args[0])
-            return Reply(replies.ok(f"{number} {self.listing.get(number).octets}"))
-        lines = (b"%d %d" % (i, m.octets) for i, m in self.listing.live())
-        n, octets = self.listing.live_count, self.listing.live_octets
-        return Reply(replies.multiline(f"{n} messages ({octets} octets)", lines))
-
-    def _uidl_cmd(self, command: Command) -> Event:
-        if _arity(command, 0, 1):
-            number = parse_number(command.args[0])
-            return Reply(replies.ok(f"{number} {self.listing.get(number).unique_id}"))
-        lines = (b"%d %s" % (i, m.unique_id.encode("ascii")) for i, m in self.listing.live())
-        return Reply(replies.multiline("unique-id listing follows", lines))
-
-    def _retr_cmd(self, command: Command) -> Event:
-        (arg,) = _arity(command, 1)
-        number = parse_number(arg)
-        message = self.listing.get(number)
-        status = replies.ok(f"{message.octets} octets")
-        return self._open(Retrieve(number, message, status, MessageEncoder()))
-
-    def _top_cmd(self, command: Command) -> Event:
-        arg, lines_arg = _arity(command, 2)
-        number = parse_number(arg)
-        message = self.listing.get(number)
-        lines = parse_number(lines_arg)
-        status = replies.ok("top of message follows")
-        return self._open(Retrieve(number, message, status, MessageEncoder(top_lines=lines)))
-
-    def _dele_cmd(self, command: Command) -> Event:
-        (arg,) = _arity(command, 1)
-        number = parse_number(arg)
-        # RFC 1939 section 5: only marked here; removed in the UPDATE state.
-        self.listing.mark_deleted(number)
-        return Reply(replies.ok(f"message {number} deleted"))
-
-    def _noop_cmd(self, command: Command) -> Event:
-        _arity(command, 0)
-        return Reply(replies.ok(""))
-
-    def _rset_cmd(self, command: Command) -> Event:
-        _arity(command, 0)
-        self.listing.reset()
-        n, octets = self.listing.live_count, self.listing.live_octets
-        return Reply(replies.ok(f"maildrop has {n} messages ({octets} octets)"))
-
-
-def _arity(command: Command, *allowed: int) -> tuple[str, ...]:
-    """Check the argument count against the command's syntax (RFC 1939 sections 4-7)."""
-    if len(command.args) not in allowed:
-        if len(command.args) < min(allowed):
-            raise RemoteProtocolError(f"{command.keyword}: missing argument")
-        raise RemoteProtocolError(f"{command.keyword}: too many arguments")
-    return command.args

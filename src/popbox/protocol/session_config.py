@@ -28,6 +28,8 @@ class SessionConfig:
     # RFC 2449 sections 6.5 and 6.7: announced (and LOGIN-DELAY enforced) when configured.
     login_delay: int | None = None
     expire: str | None = None
+    # Dovecot's pop3_client_workarounds: "outlook-no-nuls", "oe-ns-eoh".
+    workarounds: frozenset[str] = frozenset()
     max_bad_commands: int = DEFAULT_MAX_BAD_COMMANDS
 
     def __post_init__(self) -> None:
