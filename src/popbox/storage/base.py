@@ -31,6 +31,9 @@ class MessageInfo:
     key: str
     octets: int
     unique_id: str
+    # When a client first retrieved it (Unix time), from the maildrop cache; None if never.
+    # RFC 2449 section 6.7 EXPIRE counts from here.
+    first_retrieved: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +82,25 @@ class Maildrop(Protocol):
         """Remove the messages (UPDATE state only). A message already gone counts as removed."""
         ...
 
+    async def record_retrievals(self, keys: Sequence[str], when: float) -> None:
+        """Remember `when` as the first retrieval time of these messages (an existing
+        time is kept). Called in UPDATE, before delete(); best effort (EXPIRE only)."""
+        ...
+
     async def close(self) -> None:
         """Release the lock and every resource. Safe to call more than once."""
         ...
 
 
 class MaildropStore(Protocol):
-    """Where maildrops live (maildir today; mbox and postgresql later)."""
+    """Where maildrops live: maildir, mbox (and postgresql later)."""
 
     async def open(self, user: str) -> Maildrop:
         """Lock and snapshot `user`'s maildrop. Raises MaildropLocked or StoreError."""
+        ...
+
+    async def deliver(self, user: str, message: bytes) -> None:
+        """Add one message to `user`'s maildrop atomically: visible whole or not at all,
+        never disturbing a POP3 session's snapshot. Raises InvalidMaildropUser for a name
+        that cannot have a maildrop, StoreError when the store cannot take it now."""
         ...

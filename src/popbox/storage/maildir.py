@@ -2,9 +2,11 @@
 
 MaildirStore.open(user) validates the user name, creates an empty maildrop if there is none
 yet, takes the RFC 1939 section 8 exclusive lock (storage/locking.py) and fixes the listing
-snapshot (storage/maildir_listing.py). The returned MaildirMaildrop streams messages in
-blocks and removes them at UPDATE. All file-system work runs in worker threads, so a big
-maildrop or a slow disk never stalls the event loop.
+snapshot (storage/maildir_snapshot.py, with the maildrop cache of storage/maildir_cache.py
+and the unique-id rules of storage/maildir_uidl.py). The returned MaildirMaildrop streams
+messages in blocks, records first retrievals and removes messages at UPDATE. All
+file-system work runs in worker threads, so a big maildrop or a slow disk never stalls the
+event loop.
 """
 
 from __future__ import annotations
@@ -29,16 +31,23 @@ from popbox.storage.base import (
     StoreError,
 )
 from popbox.storage.locking import MaildropLock
+from popbox.storage.maildir_deliver import deliver_to_maildir, local_hostname
 from popbox.storage.maildir_listing import (
     ALL_SUBDIRS,
     MESSAGE_SUBDIRS,
-    Snapshot,
     locate_message,
     scan_messages,
-    take_snapshot,
 )
+from popbox.storage.maildir_snapshot import MaildropCache, Snapshot, take_snapshot
+from popbox.storage.maildir_uidl import UidlFormat, UidlSettings
 
-__all__ = ["InvalidMaildropUser", "MaildirMaildrop", "MaildirStore", "expand_location"]
+__all__ = [
+    "InvalidMaildropUser",
+    "MaildirMaildrop",
+    "MaildirStore",
+    "UidlFormat",
+    "expand_location",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +131,33 @@ def _prepare_and_lock(maildir: str) -> MaildropLock:
 
 
 class MaildirStore:
-    """Maildrops at `location_template` (e.g. "/srv/mail/%u/Maildir"), one per user."""
+    """Maildrops at `location_template` (e.g. "/srv/mail/%u/Maildir"), one per user.
 
-    def __init__(self, location_template: str) -> None:
+    uidl_format: which unique-ids (RFC 1939 section 7) messages get: "popbox" (the base
+    name), or, for messages that server saw, the ones Dovecot ("dovecot", from
+    dovecot-uidlist) or Courier ("courier", from courierpop3dsizelist) handed out, so POP3
+    clients do not download everything again after a migration. xuidl: a valid `X-UIDL:`
+    header in the message wins over both. Keep both settings for a maildrop's life: other
+    settings give other unique-ids (storage/maildir_uidl.py).
+    """
+
+    def __init__(
+        self,
+        location_template: str,
+        *,
+        uidl_format: UidlFormat = "popbox",
+        xuidl: bool = False,
+    ) -> None:
         _check_template(location_template)
         self.location_template = location_template
+        self.uidl_settings = UidlSettings(format=uidl_format, xuidl=xuidl)
 
     def __repr__(self) -> str:
-        return f"MaildirStore({self.location_template!r})"
+        settings = self.uidl_settings
+        return (
+            f"MaildirStore({self.location_template!r}, uidl_format={settings.format!r}, "
+            f"xuidl={settings.xuidl!r})"
+        )
 
     def location(self, user: str) -> str:
         """The user's maildir path. Raises InvalidMaildropUser; touches no file."""
@@ -147,11 +175,20 @@ class MaildirStore:
         maildir = self.location(user)
         lock = await _in_thread_owned(partial(_prepare_and_lock, maildir), MaildropLock.release)
         try:
-            snapshot = await asyncio.to_thread(take_snapshot, maildir)
+            snapshot = await asyncio.to_thread(take_snapshot, maildir, self.uidl_settings)
         except BaseException:
             lock.release()
             raise
         return MaildirMaildrop(maildir, lock, snapshot)
+
+    async def deliver(self, user: str, message: bytes) -> None:
+        """Add one message to the user's maildrop: tmp/ -> new/, fsync'd (Maildir spec).
+
+        Takes no lock: an open POP3 session keeps its snapshot and sees the message at
+        its next open. Raises InvalidMaildropUser or StoreError.
+        """
+        maildir = self.location(user)
+        await asyncio.to_thread(deliver_to_maildir, maildir, message, hostname=local_hostname())
 
 
 class MaildirMaildrop:
@@ -162,6 +199,7 @@ class MaildirMaildrop:
         self._lock = lock
         self._listing = snapshot.listing
         self._paths = dict(snapshot.paths)
+        self._cache: MaildropCache = snapshot.cache
 
     def __repr__(self) -> str:
         state = "locked" if self._lock.held else "closed"
@@ -213,7 +251,26 @@ class MaildirMaildrop:
     async def delete(self, keys: Sequence[str]) -> DeleteResult:
         """Unlink the messages (RFC 1939 section 6, UPDATE). Already gone counts as removed."""
         jobs = [(key, self._snapshot_path(key)) for key in dict.fromkeys(keys)]
-        return await asyncio.to_thread(_delete_messages, self.path, jobs)
+        result = await asyncio.to_thread(_delete_messages, self.path, jobs)
+        if result.removed and self._cache.forget(result.removed):
+            try:
+                await asyncio.to_thread(self._cache.save)
+            except OSError as exc:
+                # The next open drops the entries of the removed messages again.
+                logger.warning("cannot write maildrop cache in %r: %s", self.path, exc)
+        return result
+
+    async def record_retrievals(self, keys: Sequence[str], when: float) -> None:
+        """Remember `when` as the first retrieval time (RFC 2449 section 6.7 EXPIRE) of
+        the messages that have none yet, in the maildrop cache. Raises StoreError."""
+        for key in keys:
+            self._snapshot_path(key)  # closed maildrop or unknown key: refused up front
+        if not self._cache.record_retrievals(keys, when):
+            return
+        try:
+            await asyncio.to_thread(self._cache.save)
+        except OSError as exc:
+            raise StoreError(f"cannot write maildrop cache in {self.path!r}: {exc}") from exc
 
     async def close(self) -> None:
         """Release the lock (RFC 1939 section 6). Safe to call more than once."""

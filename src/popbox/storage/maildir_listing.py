@@ -1,4 +1,4 @@
-"""Maildir file names and the listing snapshot (cr.yp.to/proto/maildir.html).
+"""Maildir file names and scanning (cr.yp.to/proto/maildir.html).
 
 A Maildir message lives in new/ (unseen by any reader) or cur/ (seen), named
 `<time>.<unique>.<host>` and, in cur/, followed by the info part `:2,<FLAGS>`. Readers such
@@ -7,20 +7,18 @@ stable (the key, the UIDL) is taken from the base name: the file name up to the 
 separator. Dovecot and Postfix also put `,S=<size>` and `,W=<size with CRLF line ends>`
 fields into the base name.
 
-Everything here is blocking file-system work: call it from a worker thread.
+The listing snapshot itself is built by storage/maildir_snapshot.py. Everything here that
+touches the file system blocks: call it from a worker thread.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
+import logging
 import os
 import re
-import stat
-from dataclasses import dataclass
 
-from popbox.storage.base import MessageInfo, StoreError
-from popbox.storage.octets import wire_octets_of_fd
+logger = logging.getLogger(__name__)
 
 # The two directories that hold deliverable messages. tmp/ holds deliveries in progress and
 # is never listed (Maildir spec: "a reader ... never looks in tmp").
@@ -38,11 +36,13 @@ _UIDL_CHARS = re.compile(r"[\x21-\x7e]{1,70}")
 # `<seconds>` then "." (or the end) starts a Maildir name; `M<microseconds>` is the
 # sub-second part of the unique field in names written by qmail-style, Dovecot and Postfix
 # delivery agents. Bounded digit counts keep int() cheap on hostile names.
-_DELIVERY_SECONDS = re.compile(r"(\d{1,18})(?:\.|\Z)")
-_MICROSECONDS = re.compile(r"M(\d{1,6})(?!\d)")
-_VIRTUAL_SIZE = re.compile(r"W=(\d{1,18})")
+_DELIVERY_TIME = re.compile(r"(\d{1,18})(?:\Z|\.(?:[^.]*?M(\d{1,6})(?!\d))?)")
+_VIRTUAL_SIZE = re.compile(r",W=(\d{1,18})(?:,|\Z)")
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+def is_valid_uidl(candidate: str) -> bool:
+    """Whether `candidate` may be sent as a unique-id (RFC 1939 section 7)."""
+    return _UIDL_CHARS.fullmatch(candidate) is not None
 
 
 def base_name(file_name: str) -> str:
@@ -60,32 +60,43 @@ def unique_id_for(base: str) -> str:
 
 def virtual_size(base: str) -> int | None:
     """The `,W=<n>` field (size with CRLF line ends) of a Dovecot/Postfix name, if any."""
-    for field in base.split(",")[1:]:
-        match = _VIRTUAL_SIZE.fullmatch(field)
-        if match:
-            return int(match.group(1))
-    return None
+    if ",W=" not in base:
+        return None  # the common case of names without it, without a regex
+    match = _VIRTUAL_SIZE.search(base)
+    return int(match.group(1)) if match else None
 
 
 def delivery_time_ns(base: str) -> int | None:
     """Delivery time from the name: `<seconds>` plus the `M<usec>` field when present."""
-    match = _DELIVERY_SECONDS.match(base)
+    match = _DELIVERY_TIME.match(base)
     if match is None:
         return None
-    seconds = int(match.group(1))
-    unique = base[match.end() :].split(".", 1)[0]
-    usec = _MICROSECONDS.search(unique)
-    micro = int(usec.group(1)) if usec else 0
-    return seconds * 1_000_000_000 + micro * 1000
+    seconds, micro = match.groups()
+    return int(seconds) * 1_000_000_000 + (int(micro) * 1000 if micro else 0)
+
+
+def scan_paths(maildir: str) -> dict[str, str]:
+    """Map each base name in new/ and cur/ to its path, the cur/ one if there are two.
+
+    One scandir per directory and no stat per file: a file's type comes with the directory
+    entry. new/ is scanned before cur/ so that a message moved new/ -> cur/ during the scan
+    is seen at least once; if it is seen twice, the cur/ path is the one still valid.
+    Dotfiles and anything that is not a regular file (directories, symlinks, fifos) are not
+    messages.
+    """
+    found: dict[str, str] = {}
+    for sub in MESSAGE_SUBDIRS:
+        with os.scandir(os.path.join(maildir, sub)) as entries:
+            for entry in entries:
+                name = entry.name
+                if name[0] == "." or not entry.is_file(follow_symlinks=False):
+                    continue
+                found[name.partition(INFO_SEPARATOR)[0]] = entry.path
+    return found
 
 
 def scan_messages(maildir: str) -> dict[str, list[str]]:
-    """Map each base name in new/ and cur/ to its paths, the cur/ one first.
-
-    new/ is scanned before cur/ so that a message moved new/ -> cur/ during the scan is seen
-    at least once; if it is seen twice, the cur/ path is the one still valid. Dotfiles and
-    anything that is not a regular file (directories, symlinks, fifos) are not messages.
-    """
+    """Like scan_paths, but every path of each base name, the cur/ one first."""
     found: dict[str, list[str]] = {}
     for sub in MESSAGE_SUBDIRS:
         with os.scandir(os.path.join(maildir, sub)) as entries:
@@ -102,70 +113,23 @@ def locate_message(maildir: str, key: str) -> str | None:
     return paths[0] if paths else None
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The listing fixed at open time and where each message was found."""
-
-    listing: tuple[MessageInfo, ...]
-    paths: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class _Measured:
-    delivered_ns: int
-    base: str
-    path: str
-    octets: int
-
-
-def take_snapshot(maildir: str) -> Snapshot:
-    """List the maildrop, oldest delivery first (message 1). Raises StoreError."""
+def read_control_file(path: str, limit: int) -> bytes | None:
+    """A small file that other mail servers keep in the maildrop (dovecot-uidlist,
+    courierpop3dsizelist): its bytes, or None if it is missing or over `limit` octets
+    (logged). A symlink is refused (ELOOP): the maildrop may be writable by its user.
+    Raises OSError for other failures."""
     try:
-        measured = [
-            found
-            for base, paths in scan_messages(maildir).items()
-            if (found := _measure(base, paths)) is not None
-        ]
-    except OSError as exc:
-        raise StoreError(f"cannot list maildir {maildir!r}: {exc}") from exc
-    measured.sort(key=lambda m: (m.delivered_ns, m.base))
-    listing = tuple(
-        MessageInfo(key=m.base, octets=m.octets, unique_id=unique_id_for(m.base)) for m in measured
-    )
-    return Snapshot(listing=listing, paths={m.base: m.path for m in measured})
-
-
-def _measure(base: str, paths: list[str]) -> _Measured | None:
-    """Size and date one message; None if it vanished meanwhile or is not a message."""
-    for path in paths:
-        try:
-            return _measure_file(base, path)
-        except FileNotFoundError:
-            continue  # deleted or moved since the scan: try the other path, if any
-    return None
-
-
-def _measure_file(base: str, path: str) -> _Measured | None:
-    octets = virtual_size(base)
-    delivered = delivery_time_ns(base)
-    if octets is not None and delivered is not None:
-        # The name says it all: no need to touch the file.
-        return _Measured(delivered, base, path, octets)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return None  # replaced by a symlink since the scan: not a message
-        raise
-    try:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
+        size = os.fstat(fd).st_size
+        if size > limit:
+            logger.warning("ignoring %r: %d octets is too big", path, size)
             return None
-        if octets is None:
-            octets = wire_octets_of_fd(fd)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
-    if delivered is None:
-        # Not a Maildir-style name: fall back to the modification time.
-        delivered = status.st_mtime_ns
-    return _Measured(delivered, base, path, octets)

@@ -37,7 +37,8 @@ class WireOctetCounter:
         if not block:
             return
         line_feeds = block.count(b"\n")
-        crlfs = block.count(b"\r\n")
+        # Most stores hold LF-only mail: skip the second pass when there is no CR at all.
+        crlfs = block.count(b"\r\n") if b"\r" in block else 0
         if self._last == _CR and block[0] == _LF:
             # A CRLF split across two blocks: the LF is not bare.
             crlfs += 1

@@ -1,0 +1,236 @@
+"""The listing snapshot of a Maildir (RFC 1939 section 5), fixed at open time.
+
+Opening lists new/ and cur/ (one scandir each, no stat per file) and takes everything else
+from the maildrop cache (storage/maildir_cache.py). Only messages the cache does not know
+yet are looked at more closely:
+- size: the `,W=` field of the name, else the W field of Dovecot's uidlist, else a count
+  of the file (storage/maildir_measure.py). `,S=` is the stored size, which differs from
+  the wire size by the bare LFs, so it cannot spare the count;
+- delivery time: from the name, else the file's mtime;
+- unique-id and order: storage/maildir_uidl.py.
+What was learnt is written back, once, if anything changed.
+
+Everything here blocks: call it from a worker thread, with the maildrop lock held.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from popbox.storage.base import MessageInfo, StoreError
+from popbox.storage.maildir_cache import CacheTable, load_cache, write_cache
+from popbox.storage.maildir_listing import delivery_time_ns, scan_paths, virtual_size
+from popbox.storage.maildir_measure import measure_file
+from popbox.storage.maildir_uidl import UidlAllocator, UidlSettings, UidlSources
+
+logger = logging.getLogger(__name__)
+
+
+class MaildropCache:
+    """The cache table of the messages listed at open, and the file it is saved to.
+    Methods block; they are safe to call from several threads."""
+
+    def __init__(self, maildir: str, table: CacheTable) -> None:
+        self.maildir = maildir
+        self._table = table
+        self._mutex = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def save(self) -> None:
+        """Write the cache file now. Raises OSError."""
+        with self._mutex:
+            write_cache(self.maildir, self._table)
+
+    def record_retrievals(self, keys: Iterable[str], when: float) -> bool:
+        """Set the first retrieval time where there is none; True if any was set."""
+        wanted = set(keys)
+        changed = False
+        with self._mutex:
+            times = self._table.first_retrieved
+            for row, name in enumerate(self._table.names):
+                if name in wanted and times[row] is None:
+                    times[row] = when
+                    changed = True
+        return changed
+
+    def forget(self, keys: Iterable[str]) -> bool:
+        """Drop the entries of removed messages; True if any was dropped."""
+        gone = set(keys)
+        with self._mutex:
+            table = self._table
+            rows = [row for row, name in enumerate(table.names) if name not in gone]
+            if len(rows) == len(table):
+                return False
+            self._table = table.select(rows)
+            return True
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The listing fixed at open time, where each message was found, and the cache."""
+
+    listing: tuple[MessageInfo, ...]
+    paths: dict[str, str]
+    cache: MaildropCache
+
+
+@dataclass(slots=True)
+class _Newcomer:
+    """A message the cache does not know (or not under these settings)."""
+
+    name: str
+    octets: int
+    delivered_ns: int
+    rank: int
+    preferred: tuple[str | None, ...]
+    first_retrieved: float | None
+
+    def order_key(self) -> tuple[int, int, str]:
+        return self.rank, self.delivered_ns, self.name
+
+
+# What a cache made under other settings (or a duplicate row) still tells: octets,
+# delivered_ns, first_retrieved.
+_Known = tuple[int, int, float | None]
+
+
+def take_snapshot(maildir: str, settings: UidlSettings | None = None) -> Snapshot:
+    """List the maildrop: the migration source's order first (if any), then oldest delivery
+    first. Raises StoreError."""
+    settings = settings or UidlSettings()
+    try:
+        found = scan_paths(maildir)
+    except OSError as exc:
+        raise StoreError(f"cannot list maildir {maildir!r}: {exc}") from exc
+    loaded = load_cache(maildir)
+    known: dict[str, _Known] = {}
+    if loaded is not None and loaded.settings == settings.tag:
+        table = loaded
+    else:
+        table = CacheTable(settings.tag)
+        if loaded is not None:
+            known = _facts(loaded, range(len(loaded)))
+    changed = loaded is None or table is not loaded
+    listed = set(table.names)
+    if not found.keys() >= listed:
+        rows = [row for row, name in enumerate(table.names) if name in found]
+        table, changed = table.select(rows), True
+    if len(set(table.unique_ids)) != len(table):
+        table, known = _drop_repeated_ids(table, known)
+    listed = set(table.names) if len(listed) != len(table) else listed
+    arrivals = [name for name in found if name not in listed] if len(found) > len(table) else []
+    if arrivals:
+        changed = True
+        try:
+            newcomers = _learn(maildir, settings, found, arrivals, known)
+        except OSError as exc:
+            raise StoreError(f"cannot read maildir {maildir!r}: {exc}") from exc
+        table = _merge(table, newcomers, UidlAllocator(settings, table.unique_ids))
+    cache = MaildropCache(maildir, table)
+    if changed:
+        try:
+            cache.save()
+        except OSError as exc:
+            logger.warning("cannot write maildrop cache in %r: %s", maildir, exc)
+    listing = tuple(
+        map(MessageInfo, table.names, table.octets, table.unique_ids, table.first_retrieved)
+    )
+    if len(found) != len(table):
+        found = {name: found[name] for name in table.names}  # drop those that vanished
+    return Snapshot(listing=listing, paths=found, cache=cache)
+
+
+def _facts(table: CacheTable, rows: Iterable[int]) -> dict[str, _Known]:
+    return {
+        table.names[row]: (table.octets[row], table.delivered_ns[row], table.first_retrieved[row])
+        for row in rows
+    }
+
+
+def _drop_repeated_ids(
+    table: CacheTable, known: dict[str, _Known]
+) -> tuple[CacheTable, dict[str, _Known]]:
+    """A hand-edited cache gave one unique-id twice: the later message yields and is
+    treated as new (its size and times are kept)."""
+    seen: set[str] = set()
+    keep: list[int] = []
+    repeated: list[int] = []
+    for row, unique_id in enumerate(table.unique_ids):
+        (repeated if unique_id in seen else keep).append(row)
+        seen.add(unique_id)
+    logger.warning("maildrop cache repeats %d unique-ids; reassigning them", len(repeated))
+    return table.select(keep), {**known, **_facts(table, repeated)}
+
+
+def _learn(
+    maildir: str,
+    settings: UidlSettings,
+    found: dict[str, str],
+    arrivals: list[str],
+    known: dict[str, _Known],
+) -> list[_Newcomer]:
+    """Size, time, rank and preferred unique-ids of the messages new to the cache. A
+    message that vanished since the scan is left out."""
+    sources = UidlSources(settings, maildir)
+    rescanned: dict[str, str] | None = None
+    newcomers = []
+    for name in arrivals:
+        info = sources.lookup(name)
+        facts = known.get(name)
+        octets: int | None
+        delivered: int | None
+        if facts is not None:
+            octets, delivered, first = facts
+        else:
+            octets = virtual_size(name)
+            octets = info.octets if octets is None else octets
+            delivered, first = delivery_time_ns(name), None
+        need_octets, need_mtime = octets is None, delivered is None
+        measured = None
+        try:
+            measured = measure_file(
+                found[name], octets=need_octets, mtime=need_mtime, x_uidl=settings.xuidl
+            )
+        except FileNotFoundError:
+            # Moved (new/ -> cur/, a flag change) or deleted since the scan: one rescan
+            # for all such messages, then give up on those still missing.
+            if rescanned is None:
+                rescanned = scan_paths(maildir)
+            if name in rescanned:
+                found[name] = rescanned[name]
+                try:
+                    measured = measure_file(
+                        found[name], octets=need_octets, mtime=need_mtime, x_uidl=settings.xuidl
+                    )
+                except FileNotFoundError:
+                    measured = None
+        if measured is None:
+            continue  # vanished, or not a regular file after all
+        octets = octets if measured.octets is None else measured.octets
+        delivered = delivered if measured.mtime_ns is None else measured.mtime_ns
+        if octets is None or delivered is None:  # pragma: no cover - measure_file was asked
+            raise AssertionError("measure_file did not measure")
+        preferred = (measured.x_uidl, info.unique_id)
+        newcomers.append(_Newcomer(name, octets, delivered, info.rank, preferred, first))
+    return newcomers
+
+
+def _merge(table: CacheTable, newcomers: list[_Newcomer], allocator: UidlAllocator) -> CacheTable:
+    """Give the newcomers unique-ids, in listing order, and put them in their place."""
+    newcomers.sort(key=_Newcomer.order_key)
+    last = (table.ranks[-1], table.delivered_ns[-1], table.names[-1]) if len(table) else None
+    table.names += [n.name for n in newcomers]
+    table.octets += [n.octets for n in newcomers]
+    table.delivered_ns += [n.delivered_ns for n in newcomers]
+    table.ranks += [n.rank for n in newcomers]
+    table.unique_ids += [allocator.assign(n.name, n.preferred) for n in newcomers]
+    table.first_retrieved += [n.first_retrieved for n in newcomers]
+    if last is None or not newcomers or newcomers[0].order_key() >= last:
+        return table  # the usual case: newcomers are the newest messages
+    keys = list(zip(table.ranks, table.delivered_ns, table.names, strict=True))
+    return table.select(sorted(range(len(keys)), key=keys.__getitem__))
