@@ -56,3 +56,10 @@ class Authenticator(Protocol):
         """OAUTHBEARER (RFC 7628) / XOAUTH2: the token's claim names the user; `user` is
         the user the client named (authzid, XOAUTH2 user=), if any, and must match it."""
         ...
+
+    async def canonical_user(self, user: str) -> str | None:
+        """The canonical user name (the maildrop owner) if `user` exists, else None; the
+        name is prepared as for a login (RFC 8265). For delivery: LMTP RCPT and `popbox
+        deliver`. Raises OSError when the user database cannot be read now (a temporary
+        failure, never to be taken for an unknown user)."""
+        ...

@@ -208,6 +208,18 @@ class PasswdFileAuthenticator:
             return _INVALID
         return AuthResult(AuthOutcome.OK, entry.user)
 
+    async def canonical_user(self, user: str) -> str | None:
+        """The canonical (RFC 8265) name of `user` if the passwd-file lists it, else None.
+
+        The same preparation as at login; for delivery (LMTP RCPT, `popbox deliver`).
+        Raises OSError if the file cannot be read: a temporary failure, not "no such user".
+        """
+        name = _canonical(user)
+        if name is None:
+            return None
+        entry = await asyncio.to_thread(self._lookup, name)
+        return None if entry is None else entry.user
+
     def _lookup(self, user: str) -> PasswdEntry | None:
         try:
             return self._file.lookup(user)
