@@ -1,4 +1,4 @@
-"""Suite-wide rules."""
+"""pytest plugin (loaded by addopts in pyproject.toml): suite-wide rules."""
 
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ def test_full_file_with_every_key(confdir: Path) -> None:
     # Integers where seconds are expected become floats.
     assert isinstance(config.idle_timeout, float)
     assert isinstance(config.auth.failure_delay, float)
-    assert config.mail.maildir_template == "/var/mail/%d/%n/Maildir"
+    assert config.mail.path_template == "/var/mail/%d/%n/Maildir"
     assert not config.idle_timeout_below_rfc_minimum
 
 
@@ -137,7 +137,11 @@ def test_defaults(confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.auth.mechanisms is None
     assert config.auth.login_delay is None
     assert config.auth.oauth is None
-    assert config.mail.expire is None
+    assert config.mail.expire_days is None
+    assert (config.mail.uidl_format, config.mail.xuidl) == ("popbox", False)
+    assert config.mail.mbox_format == "mboxo"
+    assert config.lmtp is None
+    assert config.client_workarounds == ()
     assert config.tls.min_version == "TLSv1.2"
     assert config.limits == LimitsConfig(
         max_connections=10000, max_connections_per_ip=100, max_bad_commands=10
@@ -165,7 +169,7 @@ def test_relative_paths_resolve_against_the_config_files_directory(
     assert config.source == Path("../sub/popbox.toml")
     assert config.auth.passwd_file.is_absolute()
     assert config.auth.passwd_file.resolve() == (confdir / "passwd").resolve()
-    template = config.mail.maildir_template
+    template = config.mail.path_template
     assert os.path.isabs(template)
     assert os.path.normpath(template) == os.path.normpath(f"{sub}/mail/%u")
 
@@ -369,25 +373,25 @@ REPLACED = [
         ('"passwd"', '""'), "auth.passwd_file: expected a file path, got ''", id="empty-path"
     ),
     pytest.param(
-        ("maildir:mail/%u", "mbox:/var/mail/%u"),
-        "mail.location: the 'mbox:' scheme is not supported yet (only 'maildir:'), "
-        "got 'mbox:/var/mail/%u'",
-        id="mbox-later",
+        ("maildir:mail/%u", "mbox:/var/mail/all"),
+        "mail.location: the mbox path must contain %u or %n (the user), got 'mbox:/var/mail/all'",
+        id="mbox-no-user",
     ),
     pytest.param(
         ("maildir:mail/%u", "postgresql:dbname=mail"),
-        "mail.location: the 'postgresql:' scheme is not supported yet (only 'maildir:'), "
+        "mail.location: the 'postgresql:' scheme is not supported yet (only 'maildir:' and "
+        "'mbox:'), "
         "got 'postgresql:dbname=mail'",
         id="postgresql-later",
     ),
     pytest.param(
         ("maildir:mail/%u", "/var/mail/%u"),
-        "mail.location: expected 'maildir:<path>', got '/var/mail/%u'",
+        "mail.location: expected 'maildir:<path>' or 'mbox:<path>', got '/var/mail/%u'",
         id="no-scheme",
     ),
     pytest.param(
         ("maildir:mail/%u", "maildir:"),
-        "mail.location: expected 'maildir:<path>', got 'maildir:'",
+        "mail.location: expected 'maildir:<path>' or 'mbox:<path>', got 'maildir:'",
         id="no-path",
     ),
     pytest.param(
@@ -440,9 +444,19 @@ REPLACED = [
         id="negative-login-delay",
     ),
     pytest.param(
-        ("[mail]\n", "[mail]\nexpire = 0\n"),
-        'mail.expire: expected "never" or a number of days >= 1, got 0',
-        id="expire-zero",
+        ("[mail]\n", "[mail]\nexpire_days = -1\n"),
+        'mail.expire_days: expected "never" or a number of days >= 0, got -1',
+        id="expire-negative",
+    ),
+    pytest.param(
+        ("[mail]\n", "[mail]\nuidl_format = 'uw-imap'\n"),
+        "mail.uidl_format: expected one of 'popbox', 'dovecot', 'courier', got 'uw-imap'",
+        id="uidl-format",
+    ),
+    pytest.param(
+        ("[mail]\n", "[lmtp]\naddress = '127.0.0.1'\n[mail]\n"),
+        "lmtp.port: give either port (with address) or path",
+        id="lmtp-without-port",
     ),
     pytest.param(
         ("[auth]\n", "[auth.oauth]\nissuer = 'i'\naudience = 'a'\n[auth]\n"),

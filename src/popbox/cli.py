@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("del").add_argument("name")
     actions.add_parser("list")
 
+    deliver = sub.add_parser("deliver", help="deliver a message from stdin (mailbox_command)")
+    deliver.add_argument("--config", type=Path, required=True)
+    deliver.add_argument("users", nargs="+", metavar="USER")
+
     pw = sub.add_parser("pw", help="print a password hash, like `doveadm pw`")
     pw.add_argument("-s", "--scheme", default="ARGON2ID")
     pw.add_argument("-p", "--password", help="the password (default: ask)")
@@ -73,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from popbox.cli_user import user_command  # noqa: PLC0415
 
             return user_command(args, _passwd_path(args))
+        if command == "deliver":
+            return _deliver(args)
         if command == "pw":
             from popbox.cli_user import pw_command  # noqa: PLC0415
 
@@ -81,6 +87,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"popbox: {error}", file=sys.stderr)
         return EXIT_CONFIG
     raise AssertionError(command)
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    """`popbox deliver --config FILE USER... < message`, for Postfix's mailbox_command or
+    procmail; exit statuses per sysexits(3)."""
+    from popbox.delivery.deliver_cmd import EX_CONFIG, deliver_main  # noqa: PLC0415
+    from popbox.server.app import make_authenticator, make_store  # noqa: PLC0415
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"popbox deliver: {error}", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(config.log_level)
+    message = sys.stdin.buffer.read()
+    return deliver_main(make_store(config), make_authenticator(config), args.users, message)
 
 
 def _passwd_path(args: argparse.Namespace) -> Path:

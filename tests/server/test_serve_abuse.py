@@ -87,7 +87,7 @@ def test_user_blocked_after_failures_from_many_addresses(popbox: Starter) -> Non
 
 
 def test_login_delay_and_expire_announced_and_enforced(popbox: Starter) -> None:
-    server = popbox(USERS, extra="login_delay = 30\n", mail_extra='expire = "never"\n')
+    server = popbox(USERS, extra="login_delay = 30\n", mail_extra='expire_days = "never"\n')
     client = RawClient(server)
     client.send(b"CAPA\r\n")
     tags = client.read_multiline().split(b"\r\n")[1:-2]

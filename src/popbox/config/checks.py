@@ -22,7 +22,8 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 # Dovecot's mail_location options (":INDEX=/path", ":LAYOUT=fs"): we take a plain path only.
 _DOVECOT_OPTION_RE = re.compile(r":[A-Z_]+=")
 MAILDIR_SCHEME = "maildir:"
-_LATER_SCHEMES = ("mbox:", "postgresql:")
+MAIL_SCHEMES = ("maildir:", "mbox:")
+_LATER_SCHEMES = ("postgresql:",)
 
 Check = Callable[[object], object]
 
@@ -145,25 +146,37 @@ def readable_file(value: object) -> object:
     return value
 
 
-def split_location(location: object) -> str:
-    """The path part of a `maildir:<path>` mail location (Dovecot's mail_location syntax)."""
+def location_parts(location: object) -> tuple[str, str]:
+    """(scheme, path) of a `maildir:<path>` or `mbox:<path>` mail location (Dovecot's
+    mail_location syntax)."""
     if not isinstance(location, str):
-        raise expected("'maildir:<path>'", location)
-    for scheme in _LATER_SCHEMES:
-        if location.startswith(scheme):
+        raise expected("'maildir:<path>' or 'mbox:<path>'", location)
+    for later in _LATER_SCHEMES:
+        if location.startswith(later):
             raise ConfigError(
-                f"the {scheme!r} scheme is not supported yet (only 'maildir:'), got {location!r}"
+                f"the {later!r} scheme is not supported yet (only 'maildir:' and 'mbox:'), "
+                f"got {location!r}"
             )
-    path = location.removeprefix(MAILDIR_SCHEME)
-    if path == location or not path:
-        raise expected("'maildir:<path>'", location)
+    scheme = next((s for s in MAIL_SCHEMES if location.startswith(s)), None)
+    path = location.removeprefix(scheme) if scheme else ""
+    if scheme is None or not path:
+        raise expected("'maildir:<path>' or 'mbox:<path>'", location)
+    _check_location_path(location, path)
+    return scheme, path
+
+
+def split_location(location: object) -> str:
+    """The path part of a mail location."""
+    return location_parts(location)[1]
+
+
+def _check_location_path(location: str, path: str) -> None:
     if path.startswith("~"):
         raise ConfigError(
             f"'~' (a home directory) is not supported; use a path with %u, got {location!r}"
         )
     if _DOVECOT_OPTION_RE.search(path):
         raise ConfigError(f"Dovecot-style ':KEY=value' options are not supported, got {location!r}")
-    return path
 
 
 def _has_user_variable(template: str) -> bool:
@@ -177,11 +190,12 @@ def _has_user_variable(template: str) -> bool:
 
 
 def mail_location(value: object) -> object:
-    path = split_location(value)
+    scheme, path = location_parts(value)
+    kind = scheme.rstrip(":")
     if not os.path.isabs(path):
-        raise ConfigError(f"the maildir path must be absolute, got {value!r}")
+        raise ConfigError(f"the {kind} path must be absolute, got {value!r}")
     if not _has_user_variable(path):
-        raise ConfigError(f"the maildir path must contain %u or %n (the user), got {value!r}")
+        raise ConfigError(f"the {kind} path must contain %u or %n (the user), got {value!r}")
     return value
 
 
@@ -228,8 +242,17 @@ def mechanism_names(value: object) -> object:
 
 
 def expire_policy(value: object) -> object:
-    """RFC 2449 section 6.7: "never" or a number of days (0 is not offered: popbox never
-    removes mail that a client did not delete)."""
-    if value == "never" or (_is_int(value) and value >= 1):
+    """RFC 2449 section 6.7: "never" or a number of days (0: removed at the UPDATE after
+    the first retrieval)."""
+    if value == "never" or (_is_int(value) and value >= 0):
         return value
-    raise expected('"never" or a number of days >= 1', value)
+    raise expected('"never" or a number of days >= 0', value)
+
+
+def tuple_of(check: Check) -> Check:
+    def checked(value: object) -> object:
+        if not isinstance(value, tuple):
+            raise expected("an array", value)
+        return tuple(check(item) for item in value)
+
+    return checked

@@ -11,12 +11,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from popbox.config.checks import MAILDIR_SCHEME, ConfigError, expected, split_location
+from popbox.config.checks import ConfigError, expected, location_parts
 from popbox.config.model import (
     AuthConfig,
     Config,
     LimitsConfig,
     ListenConfig,
+    LmtpConfig,
     MailConfig,
     OAuthConfig,
     TlsConfig,
@@ -44,7 +45,8 @@ def _as_tuple(value: object, base_dir: Path) -> object:
 
 
 def _relative_location(value: object, base_dir: Path) -> object:
-    return MAILDIR_SCHEME + os.path.join(base_dir, split_location(value))
+    scheme, path = location_parts(value)
+    return scheme + os.path.join(base_dir, path)
 
 
 def _check_keys(cls: Any, table: Mapping[str, object], allowed: list[str]) -> None:
@@ -117,6 +119,8 @@ _CONFIG_CONVERTERS: dict[str, _Converter] = {
     ),
     "mail": _table(MailConfig, {"location": _relative_location}),
     "limits": _table(LimitsConfig, {}),
+    "lmtp": _table(LmtpConfig, {"path": _relative_path}),
+    "client_workarounds": _as_tuple,
 }
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal
 
 from popbox.config.checks import (
-    MAILDIR_SCHEME,
     Check,
     ConfigError,
     check_fields,
@@ -27,10 +26,15 @@ from popbox.config.checks import (
     optional,
     readable_file,
     seconds,
+    tuple_of,
 )
 
 TlsMode = Literal["none", "starttls", "implicit"]
 TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
+MboxFormat = Literal["mboxo", "mboxrd"]
+UidlFormat = Literal["popbox", "dovecot", "courier"]
+# Dovecot's pop3_client_workarounds that popbox implements.
+ClientWorkaround = Literal["outlook-no-nuls", "oe-ns-eoh"]
 PlaintextPolicy = Literal["never", "loopback", "always"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -113,18 +117,45 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MailConfig:
-    location: str  # "maildir:/absolute/path/%u", Dovecot's mail_location syntax
-    # RFC 2449 section 6.7 EXPIRE, announced only: "never" or days after retrieval that
-    # the site's own policy keeps mail. popbox itself never removes mail on its own.
-    expire: str | int | None = None
+    # "maildir:/absolute/path/%u" or "mbox:/var/mail/%u", Dovecot's mail_location syntax.
+    location: str
+    # RFC 2449 section 6.7 EXPIRE: messages first retrieved more than this many days ago
+    # are removed at the next UPDATE (0: every retrieved message, as if DELE'd); "never"
+    # announces EXPIRE NEVER; unset announces nothing and removes nothing.
+    expire_days: int | str | None = None
+    uidl_format: UidlFormat = "popbox"  # or the UIDLs Dovecot / Courier served (Maildir)
+    xuidl: bool = False  # an X-UIDL: header in the message wins
+    mbox_format: MboxFormat = "mboxo"  # "mboxrd" undoes >From quoting
+    dotlock_stale: float = 300.0  # seconds after which a <mbox>.lock is taken over
+    lock_timeout: float = 30.0  # how long delivery waits for an mbox lock
 
     def __post_init__(self) -> None:
         check_fields(self, _MAIL_CHECKS)
 
     @property
-    def maildir_template(self) -> str:
+    def scheme(self) -> str:
+        """ "maildir" or "mbox"."""
+        return self.location.split(":", 1)[0]
+
+    @property
+    def path_template(self) -> str:
         """The absolute path with Dovecot's %u / %n still in it."""
-        return self.location.removeprefix(MAILDIR_SCHEME)
+        return self.location.split(":", 1)[1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LmtpConfig:
+    """[lmtp]: the LMTP listener (RFC 2033) that delivers into the mail store."""
+
+    address: str | None = None
+    port: int | None = None
+    path: Path | None = None  # a unix socket instead of address/port
+    max_message_size: int = 50 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        check_fields(self, _LMTP_CHECKS)
+        if (self.path is None) == (self.port is None):
+            raise ConfigError("give either port (with address) or path", "port")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,6 +184,8 @@ class Config:
     listen: tuple[ListenConfig, ...] = field(default_factory=lambda: (ListenConfig(),))
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    lmtp: LmtpConfig | None = None
+    client_workarounds: tuple[ClientWorkaround, ...] = ()
     log_level: LogLevel = "info"
     source: Path | None = None  # the file it came from
 
@@ -216,7 +249,21 @@ _AUTH_CHECKS: dict[str, Check] = {
     "login_delay": optional(int_range(0)),
     "oauth": optional(instance_of(OAuthConfig)),
 }
-_MAIL_CHECKS: dict[str, Check] = {"location": mail_location, "expire": optional(expire_policy)}
+_MAIL_CHECKS: dict[str, Check] = {
+    "location": mail_location,
+    "expire_days": optional(expire_policy),
+    "uidl_format": one_of(UidlFormat),
+    "xuidl": instance_of(bool),
+    "mbox_format": one_of(MboxFormat),
+    "dotlock_stale": seconds(positive=True),
+    "lock_timeout": seconds(positive=False),
+}
+_LMTP_CHECKS: dict[str, Check] = {
+    "address": optional(listen_address),
+    "port": optional(int_range(0, 65535)),
+    "path": optional(instance_of(Path)),
+    "max_message_size": int_range(1),
+}
 _LIMITS_CHECKS: dict[str, Check] = {
     "max_connections": int_range(1),
     "max_connections_per_ip": int_range(1),
@@ -230,6 +277,8 @@ _CONFIG_CHECKS: dict[str, Check] = {
     "auth": instance_of(AuthConfig),
     "mail": instance_of(MailConfig),
     "limits": instance_of(LimitsConfig),
+    "lmtp": optional(instance_of(LmtpConfig)),
+    "client_workarounds": tuple_of(one_of(ClientWorkaround)),
     "log_level": one_of(LogLevel),
     "source": optional(instance_of(Path)),
 }

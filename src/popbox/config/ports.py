@@ -28,6 +28,14 @@ def check_ports_free(config: Config) -> None:
                 held.extend(_bind_listener(listener))
             except ConfigError as error:
                 raise error.within(f"listen[{index}]", source) from None
+        lmtp = config.lmtp
+        if lmtp is not None and lmtp.port:
+            # LMTP binds 127.0.0.1 unless told otherwise (it has no authentication).
+            as_listener = ListenConfig(address=lmtp.address or "127.0.0.1", port=lmtp.port)
+            try:
+                held.extend(_bind_listener(as_listener))
+            except ConfigError as error:
+                raise error.within("lmtp", source) from None
     finally:
         for sock in held:
             sock.close()

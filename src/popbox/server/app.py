@@ -14,6 +14,7 @@ from popbox.auth.oauth import BearerVerifier, OAuthConfig
 from popbox.auth.passwdfile import PasswdFileAuthenticator
 from popbox.auth.throttle import LoginDelayTracker, LoginThrottle, ThrottleConfig
 from popbox.config import Config
+from popbox.delivery.lmtp import LmtpServer, start_lmtp
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS
 from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
@@ -23,6 +24,7 @@ from popbox.server.context import (
     SessionPolicy,
 )
 from popbox.server.tls import TlsManager
+from popbox.storage.base import MaildropStore
 from popbox.storage.maildir import MaildirStore
 
 log = logging.getLogger("popbox.server")
@@ -59,6 +61,21 @@ def make_authenticator(config: Config) -> PasswdFileAuthenticator:
     return PasswdFileAuthenticator(config.auth.passwd_file, oauth=verifier)
 
 
+def make_store(config: Config) -> MaildropStore:
+    """The mail store named by [mail] location (Dovecot's mail_location syntax)."""
+    mail = config.mail
+    if mail.scheme == "mbox":
+        from popbox.storage.mbox import MboxStore  # noqa: PLC0415
+
+        return MboxStore(
+            mail.path_template,
+            mbox_format=mail.mbox_format,
+            dotlock_stale=mail.dotlock_stale,
+            lock_timeout=mail.lock_timeout,
+        )
+    return MaildirStore(mail.path_template, uidl_format=mail.uidl_format, xuidl=mail.xuidl)
+
+
 def make_context(config: Config) -> ServerContext:
     auth = config.auth
     policy = SessionPolicy(
@@ -70,7 +87,9 @@ def make_context(config: Config) -> ServerContext:
         max_connections_per_ip=config.limits.max_connections_per_ip,
         mechanisms=offered_mechanisms(config),
         login_delay=auth.login_delay,
-        expire=None if config.mail.expire is None else str(config.mail.expire).upper(),
+        expire=None if config.mail.expire_days is None else str(config.mail.expire_days).upper(),
+        expire_days=config.mail.expire_days if isinstance(config.mail.expire_days, int) else None,
+        workarounds=frozenset(config.client_workarounds),
     )
     throttle = LoginThrottle(
         ThrottleConfig(
@@ -87,7 +106,7 @@ def make_context(config: Config) -> ServerContext:
     return ServerContext(
         policy=policy,
         authenticator=make_authenticator(config),
-        store=MaildirStore(config.mail.maildir_template),
+        store=make_store(config),
         throttle=throttle,
         login_delays=None if auth.login_delay is None else LoginDelayTracker(auth.login_delay),
         tls=tls,
@@ -128,6 +147,7 @@ async def serve(
             host, port = sock.getsockname()[:2]
             bound.append((host, port))
             log.info("listening on %s:%d (tls=%s)", host, port, listener.tls)
+    lmtp = await start_delivery(config, ctx)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -141,6 +161,8 @@ async def serve(
     log.info("shutting down: closing %d sessions without UPDATE", len(ctx.tasks))
     for server in servers:
         server.close()
+    if lmtp is not None:
+        await lmtp.close()
     for task in list(ctx.tasks):
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -148,6 +170,27 @@ async def serve(
     for server in servers:
         await server.wait_closed()
     log.info("stopped")
+
+
+async def start_delivery(config: Config, ctx: ServerContext) -> LmtpServer | None:
+    """The [lmtp] listener (RFC 2033), delivering through the same store."""
+    lmtp = config.lmtp
+    if lmtp is None:
+        return None
+    server = await start_lmtp(
+        store=ctx.store,
+        authenticator=ctx.authenticator,
+        address=lmtp.address,
+        port=lmtp.port,
+        path=None if lmtp.path is None else str(lmtp.path),
+        max_message_size=lmtp.max_message_size,
+        hostname=config.hostname,
+    )
+    if server.address is not None:
+        log.info("lmtp listening on %s:%d", *server.address)
+    else:
+        log.info("lmtp listening on %s", server.path)
+    return server
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -34,7 +35,7 @@ from popbox.protocol.session import Pop3Session
 from popbox.server.context import MAX_PENDING_INPUT, TLS_HANDSHAKE_TIMEOUT, ServerContext
 from popbox.server.login import LoginHandler, printable
 from popbox.server.tls import ServerContext as TlsServerContext
-from popbox.storage.base import Maildrop, MessageGone, StoreError
+from popbox.storage.base import Maildrop, MessageGone, MessageInfo, StoreError
 
 log = logging.getLogger("popbox.session")
 
@@ -46,6 +47,23 @@ class SessionCounts:
     retrieved: int = 0
     deleted: int = 0
     bytes_sent: int = 0
+
+
+def expired_keys(
+    listing: Sequence[MessageInfo], retrieved: set[str], days: int | None, now: float
+) -> set[str]:
+    """RFC 2449 section 6.7 EXPIRE: the messages first retrieved `days` or more days ago
+    (with 0: every retrieved message, in this session or before)."""
+    if days is None:
+        return set()
+    expired = set()
+    for message in listing:
+        first = message.first_retrieved
+        if first is None and message.key in retrieved:
+            first = now
+        if first is not None and (days == 0 or now - first >= days * 86400):
+            expired.add(message.key)
+    return expired
 
 
 class Pop3Connection(asyncio.Protocol):
@@ -60,6 +78,7 @@ class Pop3Connection(asyncio.Protocol):
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._writable: asyncio.Future[None] | None = None
         self._maildrop: Maildrop | None = None
+        self._retrieved: set[str] = set()  # keys RETR'd in this session (EXPIRE)
         self.peer = "?"
         self.counts = SessionCounts()
 
@@ -355,16 +374,28 @@ class Pop3Connection(asyncio.Protocol):
         session.retrieve_done()
         if not encoder.is_top:
             self.counts.retrieved += 1
+            self._retrieved.add(event.message.key)
 
     async def _update(self, session: Pop3Session, event: CommitUpdate) -> Event:
-        """RFC 1939 section 6: remove the marked messages, then release the maildrop."""
-        assert self._maildrop is not None
-        result = await self._maildrop.delete(event.keys)
+        """RFC 1939 section 6: remove the marked messages (and, RFC 2449 EXPIRE, the
+        expired ones), then release the maildrop."""
+        maildrop = self._maildrop
+        assert maildrop is not None
+        now = time.time()
+        if self._retrieved:
+            try:
+                await maildrop.record_retrievals(sorted(self._retrieved), now)
+            except (StoreError, OSError) as error:
+                log.warning("retrieval times not saved user=%s error=%s", session.user, error)
+        expired = expired_keys(
+            maildrop.listing, self._retrieved, self._ctx.policy.expire_days, now
+        ) - set(event.keys)
+        result = await maildrop.delete([*event.keys, *sorted(expired)])
         self.counts.deleted += len(result.removed)
         if result.failed:
             log.error("update user=%s not removed=%d", session.user, len(result.failed))
         await self._release()
-        return session.update_done(failed=len(result.failed))
+        return session.update_done(failed=len(result.failed), expired=len(expired))
 
     async def _release(self) -> None:
         maildrop, self._maildrop = self._maildrop, None

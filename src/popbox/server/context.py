@@ -42,7 +42,9 @@ class SessionPolicy:
     max_connections_per_ip: int
     mechanisms: tuple[str, ...] = tuple(MECHANISMS)
     login_delay: int | None = None
-    expire: str | None = None
+    expire: str | None = None  # what CAPA announces: "NEVER" or a number of days
+    expire_days: int | None = None  # enforced at UPDATE (RFC 2449 section 6.7)
+    workarounds: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -98,6 +100,7 @@ class ServerContext:
             nonce=new_nonce,
             login_delay=self.policy.login_delay,
             expire=self.policy.expire,
+            workarounds=self.policy.workarounds,
             max_bad_commands=self.policy.max_bad_commands,
         )
 
