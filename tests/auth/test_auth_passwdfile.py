@@ -293,3 +293,20 @@ def test_apop_refused(users: Path, user: str, digest: str) -> None:
 def test_apop_plain_user_accepted(users: Path) -> None:
     result = check_apop(users, "bob", TIMESTAMP, apop_digest("bobs secret"))
     assert result == AuthResult(AuthOutcome.OK, "bob")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expire_days"),
+    [
+        ("", None),
+        ("userdb_expire_days=7", 7),
+        ("userdb_quota_rule=*:storage=1G userdb_expire_days=0", 0),
+        ("userdb_expire_days=-1", None),
+        ("userdb_expire_days=", None),
+        ("expire_days=3", None),
+    ],
+)
+def test_user_settings_from_extra_fields(extra: str, expire_days: int | None) -> None:
+    from popbox.auth.base import UserSettings, parse_user_settings  # noqa: PLC0415
+
+    assert parse_user_settings(extra) == UserSettings(expire_days=expire_days)

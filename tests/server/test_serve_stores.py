@@ -210,3 +210,24 @@ def test_dovecot_uidlist_is_honoured(popbox: Starter) -> None:
         # stored P field as is.
         b"+OK unique-id listing follows\r\n1 %08x%08x\r\n2 legacy-uidl\r\n.\r\n" % (1, 1764158400)
     )
+
+
+def test_per_user_expire_from_the_users_file(popbox: Starter) -> None:
+    users = {"alice": "{PLAIN}secret::::::userdb_expire_days=0", "bob": "{PLAIN}bobpw"}
+    mail = {name: [b"Subject: x\r\n\r\nx\r\n"] for name in users}
+    server = popbox(users, mail, mail_extra="expire_days = 30\n")
+    for name, password, left in (("alice", "secret", 0), ("bob", "bobpw", 1)):
+        client = RawClient(server)
+        client.login(name, password)
+        client.send(b"CAPA\r\n")
+        expire = b"EXPIRE 0\r\n" if name == "alice" else b"EXPIRE 30\r\n"
+        assert expire in client.read_multiline()
+        assert retr_all(client) == [b"Subject: x\r\n\r\nx\r\n"]
+        assert client.command(b"QUIT") == (
+            b"+OK POP3 server signing off (%d messages left)\r\n" % left
+        )
+        assert (
+            len(os.listdir(server.maildir(name) / "new"))
+            + len(os.listdir(server.maildir(name) / "cur"))
+            == left
+        )

@@ -231,6 +231,33 @@ def popbox_listing(root: Path) -> list[tuple[str, int]]:
     return asyncio.run(scenario())
 
 
+def served_by_popbox(root: Path) -> tuple[list[str], list[int]]:
+    """UIDL and LIST as a client sees them over POP3 from `popbox serve`."""
+    from server_helpers import RUNNING, launch  # noqa: PLC0415
+
+    home = root / "popbox"
+    home.mkdir(exist_ok=True)
+    (home / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+    config = home / "popbox.toml"
+    config.write_text(
+        '[[listen]]\naddress = "127.0.0.1"\nport = 0\n'
+        f'[mail]\nlocation = "maildir:{root}/%u/Maildir"\nuidl_format = "dovecot"\n'
+        '[auth]\npasswd_file = "users"\n'
+    )
+    server = launch(home, config)
+    try:
+        client = poplib.POP3(server.host, server.port, timeout=30)
+        client.user(USER)
+        client.pass_(PASSWORD)
+        uidls = [line.split()[1].decode() for line in client.uidl()[1]]
+        sizes = [int(line.split()[1]) for line in client.list()[1]]
+        client.quit()
+    finally:
+        RUNNING.remove(server)
+        server.kill()
+    return uidls, sizes
+
+
 @pytest.fixture
 def oracle_root() -> Iterator[Path]:
     # Not tmp_path: its parents are private to root, and Dovecot's mail user must reach it.
@@ -256,6 +283,8 @@ def test_popbox_serves_the_uidls_dovecot_served(oracle_root: Path) -> None:
         ours = popbox_listing(oracle_root)
         assert [uidl for uidl, _ in ours] == dovecot.uidls
         assert [octets for _, octets in ours] == dovecot.sizes
+        # And the real `popbox serve` gives clients exactly what Dovecot gave them.
+        assert served_by_popbox(oracle_root) == (dovecot.uidls, dovecot.sizes)
 
         # Three messages Dovecot never saw: fresh unique-ids, the old ones unchanged.
         deliver_more(maildir, 3)

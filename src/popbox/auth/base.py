@@ -31,7 +31,32 @@ class AuthResult:
         return self.outcome is AuthOutcome.OK
 
 
+@dataclass(frozen=True, slots=True)
+class UserSettings:
+    """What a user database may set per user (Dovecot userdb extra fields)."""
+
+    # RFC 2449 section 6.7 EXPIRE for this user: days, or None for the server's setting.
+    expire_days: int | None = None
+
+
+def parse_user_settings(extra_fields: str) -> UserSettings:
+    """Dovecot's extra fields: space-separated `key=value`; `userdb_` marks userdb fields.
+
+    `userdb_expire_days=N` sets the user's EXPIRE; anything unknown or malformed is
+    ignored (the field may mean something to Dovecot)."""
+    expire_days = None
+    for field_text in extra_fields.split():
+        key, _, value = field_text.partition("=")
+        if key == "userdb_expire_days" and value.isdigit():
+            expire_days = int(value)
+    return UserSettings(expire_days=expire_days)
+
+
 class Authenticator(Protocol):
+    async def user_settings(self, user: str) -> UserSettings:
+        """Per-user settings of a logged-in user (defaults where the database has none)."""
+        ...
+
     async def verify_password(self, user: str, password: str) -> AuthResult:
         """USER/PASS (RFC 1939 section 7)."""
         ...

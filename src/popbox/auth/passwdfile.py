@@ -25,7 +25,7 @@ import secrets
 import threading
 
 from popbox.auth import mechsecrets, schemes, scramkeys
-from popbox.auth.base import AuthOutcome, AuthResult
+from popbox.auth.base import AuthOutcome, AuthResult, UserSettings, parse_user_settings
 from popbox.auth.oauth import BearerVerifier
 from popbox.auth.passwdedit import NEW_FILE_MODE, add_user, delete_user, set_password
 from popbox.auth.passwdformat import (
@@ -219,6 +219,15 @@ class PasswdFileAuthenticator:
             return None
         entry = await asyncio.to_thread(self._lookup, name)
         return None if entry is None else entry.user
+
+    async def user_settings(self, user: str) -> UserSettings:
+        """Per-user settings from the entry's extra fields (Dovecot's `userdb_*` fields),
+        for a user who has just logged in; defaults if there are none."""
+        try:
+            entry = await asyncio.to_thread(self._lookup, user)
+        except OSError:
+            return UserSettings()
+        return UserSettings() if entry is None else parse_user_settings(entry.extra_fields)
 
     def _lookup(self, user: str) -> PasswdEntry | None:
         try:

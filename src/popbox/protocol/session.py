@@ -219,6 +219,11 @@ class Pop3Session(TransactionCommands):
             channel_binding=channel_binding,
         )
 
+    def user_policy(self, *, expire: str | None) -> None:
+        """The logged-in user's own EXPIRE value, for CAPA in TRANSACTION (RFC 2449
+        section 6.7 allows it to differ per user)."""
+        self.config = dataclasses.replace(self.config, expire=expire)
+
     def retrieve_failed(self, *, message_gone: bool) -> Reply:
         request = self._finish_request(Retrieve)
         assert isinstance(request, Retrieve)

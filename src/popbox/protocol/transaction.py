@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from popbox.protocol import replies
 from popbox.protocol.commands import Command, parse_number
-from popbox.protocol.encoder import MessageEncoder
+from popbox.protocol.encoder import TERMINATOR, MessageEncoder
 from popbox.protocol.errors import RemoteProtocolError
 from popbox.protocol.events import Event, Reply, Request, Retrieve
 from popbox.protocol.listing import Listing
@@ -31,16 +31,16 @@ class TransactionCommands:
         if arity(command, 0, 1):
             number = parse_number(command.args[0])
             return Reply(replies.ok(f"{number} {self.listing.get(number).octets}"))
-        lines = (b"%d %d" % (i, m.octets) for i, m in self.listing.live())
         n, octets = self.listing.live_count, self.listing.live_octets
-        return Reply(replies.multiline(f"{n} messages ({octets} octets)", lines))
+        head = replies.ok(f"{n} messages ({octets} octets)")
+        return Reply(head + self.listing.list_lines() + TERMINATOR)
 
     def _uidl_cmd(self, command: Command) -> Event:
         if arity(command, 0, 1):
             number = parse_number(command.args[0])
             return Reply(replies.ok(f"{number} {self.listing.get(number).unique_id}"))
-        lines = (b"%d %s" % (i, m.unique_id.encode("ascii")) for i, m in self.listing.live())
-        return Reply(replies.multiline("unique-id listing follows", lines))
+        head = replies.ok("unique-id listing follows")
+        return Reply(head + self.listing.uidl_lines() + TERMINATOR)
 
     def _retr_cmd(self, command: Command) -> Event:
         (arg,) = arity(command, 1)

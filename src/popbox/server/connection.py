@@ -79,6 +79,7 @@ class Pop3Connection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._maildrop: Maildrop | None = None
         self._retrieved: set[str] = set()  # keys RETR'd in this session (EXPIRE)
+        self._expire_days: int | None = None  # this user's EXPIRE, set at login
         self.peer = "?"
         self.counts = SessionCounts()
 
@@ -323,6 +324,7 @@ class Pop3Connection(asyncio.Protocol):
         result = await LoginHandler(self._ctx, session, self.peer).login(event)
         if result.maildrop is not None:
             self._maildrop = result.maildrop
+            self._expire_days = result.expire_days
         return result.event
 
     async def _wait_for_data(self, timeout: float) -> bool:
@@ -387,9 +389,8 @@ class Pop3Connection(asyncio.Protocol):
                 await maildrop.record_retrievals(sorted(self._retrieved), now)
             except (StoreError, OSError) as error:
                 log.warning("retrieval times not saved user=%s error=%s", session.user, error)
-        expired = expired_keys(
-            maildrop.listing, self._retrieved, self._ctx.policy.expire_days, now
-        ) - set(event.keys)
+        expired = expired_keys(maildrop.listing, self._retrieved, self._expire_days, now)
+        expired -= set(event.keys)
         result = await maildrop.delete([*event.keys, *sorted(expired)])
         self.counts.deleted += len(result.removed)
         if result.failed:

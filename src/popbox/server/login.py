@@ -53,6 +53,8 @@ class LoginResult:
 
     event: Event
     maildrop: Maildrop | None = None
+    # RFC 2449 EXPIRE for this user (the server's setting unless the user has one).
+    expire_days: int | None = None
 
 
 class LoginHandler:
@@ -140,6 +142,12 @@ class LoginHandler:
             return LoginResult(self.session.maildrop_unavailable())
         if delays is not None:
             delays.record_login(user, now)
+        settings = await self.ctx.authenticator.user_settings(user)
+        expire_days = self.ctx.policy.expire_days
+        if settings.expire_days is not None:
+            expire_days = settings.expire_days
+            # RFC 2449 section 6.7: after login, CAPA shows this user's own policy.
+            self.session.user_policy(expire=str(expire_days))
         listing = maildrop.listing
         log.info(
             "login ok user=%s client=%s mechanism=%s messages=%d",
@@ -148,7 +156,7 @@ class LoginHandler:
             mechanism,
             len(listing),
         )
-        return LoginResult(self.session.maildrop_opened(user, listing), maildrop)
+        return LoginResult(self.session.maildrop_opened(user, listing), maildrop, expire_days)
 
     def _failed(self, user: str | None, mechanism: str, reason: str) -> None:
         log.warning(
