@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
-import re
 from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from typing import TypeVar
@@ -30,6 +28,8 @@ from popbox.storage.base import (
     MessageInfo,
     StoreError,
 )
+from popbox.storage.durable import fsync_directory_or_log
+from popbox.storage.location import check_template, expand_location
 from popbox.storage.locking import MaildropLock
 from popbox.storage.maildir_deliver import deliver_to_maildir, local_hostname
 from popbox.storage.maildir_listing import (
@@ -61,45 +61,6 @@ _MAILDIR_MODE = 0o700
 _BLOCKS_PER_HOP = 4
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-
-# Location template fields, as in Dovecot's mail_location: %u user, %n its local part,
-# %d its domain (user@domain), %% a literal percent sign.
-_TEMPLATE_FIELD = re.compile(r"%(.?)", re.DOTALL)
-_TEMPLATE_KEYS = frozenset("und%")
-
-
-def _check_template(template: str) -> None:
-    if not template:
-        raise ValueError("maildir location template is empty")
-    used = set(_TEMPLATE_FIELD.findall(template))
-    unknown = used - _TEMPLATE_KEYS
-    if unknown:
-        names = ", ".join(sorted(f"%{key}" for key in unknown))
-        raise ValueError(f"maildir location template {template!r}: unknown field {names}")
-    if not used & {"u", "n"}:
-        # Without the user in the path every user would share one maildrop.
-        raise ValueError(f"maildir location template {template!r} lacks %u or %n")
-
-
-def _path_part(value: str, field: str, user: str) -> str:
-    """A user-derived path component, refused if it could leave its directory."""
-    if value in {"", ".", ".."} or "/" in value or "\0" in value:
-        raise InvalidMaildropUser(f"user name {user!r} gives an unusable {field}")
-    return value
-
-
-def expand_location(template: str, user: str) -> str:
-    """The maildir path for `user`: %u, %n, %d and %% replaced; "~" is NOT expanded."""
-    local, _, domain = user.partition("@")
-    fields = {"u": user, "n": local, "d": domain, "%": "%"}
-
-    def substitute(match: re.Match[str]) -> str:
-        key = match.group(1)
-        if key == "%":
-            return "%"
-        return _path_part(fields[key], f"%{key}", user)
-
-    return _TEMPLATE_FIELD.sub(substitute, template)
 
 
 async def _in_thread_owned(func: Callable[[], _T], dispose: Callable[[_T], None]) -> _T:
@@ -148,7 +109,7 @@ class MaildirStore:
         uidl_format: UidlFormat = "popbox",
         xuidl: bool = False,
     ) -> None:
-        _check_template(location_template)
+        check_template(location_template, "maildir")
         self.location_template = location_template
         self.uidl_settings = UidlSettings(format=uidl_format, xuidl=xuidl)
 
@@ -357,13 +318,4 @@ def _sync_directories(maildir: str) -> None:
     """fsync new/ and cur/ so the unlinks survive a crash (Maildir relies on directory
     operations being durable). A failure here cannot undo the unlinks: log it only."""
     for sub in MESSAGE_SUBDIRS:
-        directory = os.path.join(maildir, sub)
-        try:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # some file systems cannot fsync directories
-                logger.warning("cannot fsync %r: %s", directory, exc)
+        fsync_directory_or_log(os.path.join(maildir, sub), logger)

@@ -33,12 +33,13 @@ Everything here blocks: call it from a worker thread.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
 import re
 from dataclasses import dataclass, field
+
+from popbox.storage.durable import fsync_directory
 
 logger = logging.getLogger(__name__)
 
@@ -271,13 +272,5 @@ def write_cache(maildir: str, table: CacheTable) -> None:
 
 
 def _sync_directory(directory: str) -> None:
-    """fsync the directory so the rename survives a crash; the cache can be rebuilt, so a
-    file system that cannot do this is not an error."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
+    """fsync the directory so the rename survives a crash."""
+    fsync_directory(directory)

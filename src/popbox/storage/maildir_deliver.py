@@ -25,6 +25,7 @@ import threading
 import time
 
 from popbox.storage.base import StoreError
+from popbox.storage.durable import fsync_directory
 from popbox.storage.maildir_listing import ALL_SUBDIRS
 from popbox.storage.octets import wire_octets
 
@@ -80,17 +81,6 @@ def _create_maildir(maildir: str) -> None:
     for sub in ALL_SUBDIRS:
         with contextlib.suppress(FileExistsError):
             os.mkdir(os.path.join(maildir, sub), _MAILDIR_MODE)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some file systems cannot fsync directories
-            raise
-    finally:
-        os.close(fd)
 
 
 def _create_in_tmp(tmp_dir: str, host: str, sizes: tuple[int, int]) -> tuple[str, int]:
@@ -175,7 +165,7 @@ def deliver_to_maildir(maildir: str, message: bytes, *, hostname: str) -> str:
         _remove_quietly(tmp_path)
         raise
     try:
-        _fsync_directory(new_dir)
+        fsync_directory(new_dir)
     except OSError as exc:
         # Visible but maybe not durable: take it back, so that the sender retries rather
         # than trusting a delivery that a crash could undo.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from typing import Any, Final, TypeVar
@@ -31,7 +30,7 @@ from popbox.storage.base import (
     MessageInfo,
     StoreError,
 )
-from popbox.storage.maildir import expand_location
+from popbox.storage.location import check_template, expand_location
 from popbox.storage.mbox_cache import load_retrievals, save_retrievals
 from popbox.storage.mbox_deliver import DEFAULT_SENDER, append_message
 from popbox.storage.mbox_format import MBOX_FORMATS, MboxFormat, MessageStream, is_separator_at
@@ -53,21 +52,9 @@ _BLOCKS_PER_HOP: Final = 4
 # dotlock_stale or a longer one) ever takes the lock of a live session for stale.
 _REFRESHES_PER_STALE_PERIOD: Final = 3
 
-_TEMPLATE_FIELD = re.compile(r"%(.?)", re.DOTALL)
-_TEMPLATE_KEYS = frozenset("und%")
-
 
 def _check_template(template: str) -> None:
-    if not template:
-        raise ValueError("mbox location template is empty")
-    used = set(_TEMPLATE_FIELD.findall(template))
-    unknown = used - _TEMPLATE_KEYS
-    if unknown:
-        names = ", ".join(sorted(f"%{key}" for key in unknown))
-        raise ValueError(f"mbox location template {template!r}: unknown field {names}")
-    if not used & {"u", "n"}:
-        # Without the user in the path every user would share one mbox.
-        raise ValueError(f"mbox location template {template!r} lacks %u or %n")
+    check_template(template, "mbox")
     if template.endswith("/"):
         raise ValueError(f"mbox location template {template!r} names a directory")
 

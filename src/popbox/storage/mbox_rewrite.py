@@ -21,7 +21,6 @@ Blocking file work: call it from a worker thread.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import stat
@@ -29,6 +28,7 @@ import tempfile
 from collections.abc import Sequence
 
 from popbox.storage.base import StoreError
+from popbox.storage.durable import fsync_directory_or_log
 from popbox.storage.mbox_cache import temp_prefix
 from popbox.storage.mbox_format import SCAN_BLOCK_SIZE, is_separator_at, pread_exact
 from popbox.storage.mbox_lock import MboxLock, kernel_lock
@@ -139,12 +139,4 @@ def _copy_range(fd: int, temp_fd: int, start: int, stop: int | None) -> None:
 
 def _sync_directory(directory: str) -> None:
     """Make the rename durable. It is done: a failure here is logged, not raised."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some file systems cannot fsync directories
-            logger.warning("cannot fsync %r: %s", directory, exc)
+    fsync_directory_or_log(directory, logger)
