@@ -20,9 +20,9 @@ from popbox.storage.maildir import (
     InvalidMaildropUser,
     MaildirMaildrop,
     MaildirStore,
-    _in_thread_owned,
     expand_location,
 )
+from popbox.storage.threads import in_thread_owned
 
 _T = TypeVar("_T")
 
@@ -392,7 +392,7 @@ def test_cancelled_thread_result_is_disposed() -> None:
             disposed.append(value)
             loop.call_soon_threadsafe(done.set)
 
-        task = asyncio.create_task(_in_thread_owned(work, dispose))
+        task = asyncio.create_task(in_thread_owned(work, dispose))
         await asyncio.to_thread(started.wait, 10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

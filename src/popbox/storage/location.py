@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from popbox.auth.usernames import InvalidUsername, validate_username
 from popbox.storage.base import InvalidMaildropUser
 
 # Location template fields, as in Dovecot's mail_location: %u user, %n its local part,
@@ -46,3 +47,13 @@ def expand_location(template: str, user: str) -> str:
         return _path_part(fields[key], f"%{key}", user)
 
     return _TEMPLATE_FIELD.sub(substitute, template)
+
+
+def user_location(template: str, user: str) -> str:
+    """The path of `user`'s maildrop: the name is checked first (nothing that could leave
+    the mail root gets this far). Raises InvalidMaildropUser; touches no file."""
+    try:
+        validate_username(user)
+    except InvalidUsername as exc:
+        raise InvalidMaildropUser(f"invalid user name {user!r}: {exc}") from exc
+    return expand_location(template, user)

@@ -15,11 +15,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from typing import TypeVar
 
-from popbox.auth.usernames import InvalidUsername, validate_username
 from popbox.storage.base import (
     READ_BLOCK_SIZE,
     DeleteResult,
@@ -29,7 +28,7 @@ from popbox.storage.base import (
     StoreError,
 )
 from popbox.storage.durable import fsync_directory_or_log
-from popbox.storage.location import check_template, expand_location
+from popbox.storage.location import check_template, expand_location, user_location
 from popbox.storage.locking import MaildropLock
 from popbox.storage.maildir_deliver import deliver_to_maildir, local_hostname
 from popbox.storage.maildir_listing import (
@@ -40,6 +39,7 @@ from popbox.storage.maildir_listing import (
 )
 from popbox.storage.maildir_snapshot import MaildropCache, Snapshot, take_snapshot
 from popbox.storage.maildir_uidl import UidlFormat, UidlSettings
+from popbox.storage.threads import in_thread_owned
 
 __all__ = [
     "InvalidMaildropUser",
@@ -61,22 +61,6 @@ _MAILDIR_MODE = 0o700
 _BLOCKS_PER_HOP = 4
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-
-
-async def _in_thread_owned(func: Callable[[], _T], dispose: Callable[[_T], None]) -> _T:
-    """Run `func` in a worker thread; if we are cancelled meanwhile, `dispose` of what it
-    returns (a lock, a file descriptor) once it finishes, instead of leaking it."""
-    future = asyncio.get_running_loop().run_in_executor(None, func)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(partial(_dispose_result, dispose))
-        raise
-
-
-def _dispose_result(dispose: Callable[[_T], None], future: asyncio.Future[_T]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        dispose(future.result())
 
 
 def _prepare_and_lock(maildir: str) -> MaildropLock:
@@ -122,11 +106,7 @@ class MaildirStore:
 
     def location(self, user: str) -> str:
         """The user's maildir path. Raises InvalidMaildropUser; touches no file."""
-        try:
-            validate_username(user)
-        except InvalidUsername as exc:
-            raise InvalidMaildropUser(f"invalid user name {user!r}: {exc}") from exc
-        return expand_location(self.location_template, user)
+        return user_location(self.location_template, user)
 
     async def open(self, user: str) -> MaildirMaildrop:
         """Lock and snapshot the user's maildrop (RFC 1939 section 8).
@@ -134,7 +114,7 @@ class MaildirStore:
         Raises InvalidMaildropUser, MaildropLocked or StoreError.
         """
         maildir = self.location(user)
-        lock = await _in_thread_owned(partial(_prepare_and_lock, maildir), MaildropLock.release)
+        lock = await in_thread_owned(partial(_prepare_and_lock, maildir), MaildropLock.release)
         try:
             snapshot = await asyncio.to_thread(take_snapshot, maildir, self.uidl_settings)
         except BaseException:
@@ -187,7 +167,7 @@ class MaildirMaildrop:
         other I/O errors, KeyError for a key not in the listing.
         """
         path = self._snapshot_path(key)
-        fd, found = await _in_thread_owned(partial(_open_message, self.path, key, path), _close)
+        fd, found = await in_thread_owned(partial(_open_message, self.path, key, path), _close)
         self._paths[key] = found
         loop = asyncio.get_running_loop()
         try:

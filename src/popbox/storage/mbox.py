@@ -21,22 +21,21 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from typing import Any, Final, TypeVar
 
-from popbox.auth.usernames import InvalidUsername, validate_username
 from popbox.storage.base import (
     DeleteResult,
-    InvalidMaildropUser,
     MaildropLocked,
     MessageGone,
     MessageInfo,
     StoreError,
 )
-from popbox.storage.location import check_template, expand_location
+from popbox.storage.location import check_template, user_location
 from popbox.storage.mbox_cache import load_retrievals, save_retrievals
 from popbox.storage.mbox_deliver import DEFAULT_SENDER, append_message
 from popbox.storage.mbox_format import MBOX_FORMATS, MboxFormat, MessageStream, is_separator_at
 from popbox.storage.mbox_lock import MboxLock
 from popbox.storage.mbox_rewrite import rewrite_without
 from popbox.storage.mbox_scan import MboxEntry, MboxSnapshot, take_snapshot
+from popbox.storage.threads import in_thread_owned
 
 __all__ = ["MboxMaildrop", "MboxStore"]
 
@@ -93,11 +92,7 @@ class MboxStore:
 
     def location(self, user: str) -> str:
         """The user's mbox path. Raises InvalidMaildropUser; touches no file."""
-        try:
-            validate_username(user)
-        except InvalidUsername as exc:
-            raise InvalidMaildropUser(f"invalid user name {user!r}: {exc}") from exc
-        return expand_location(self.location_template, user)
+        return user_location(self.location_template, user)
 
     async def open(self, user: str) -> MboxMaildrop:
         """Lock and snapshot the user's mbox (RFC 1939 section 8).
@@ -106,7 +101,7 @@ class MboxStore:
         """
         path = self.location(user)
         opener = partial(_open_session, path, self.mbox_format, self.dotlock_stale)
-        lock, snapshot = await _in_thread_owned(opener, lambda opened: opened[0].release())
+        lock, snapshot = await in_thread_owned(opener, lambda opened: opened[0].release())
         refresh = self.dotlock_stale / _REFRESHES_PER_STALE_PERIOD
         return MboxMaildrop(path, lock, snapshot, self.mbox_format, refresh)
 
@@ -132,22 +127,6 @@ class MboxStore:
                 timeout=self.lock_timeout,
             )
         )
-
-
-async def _in_thread_owned(func: Callable[[], _T], dispose: Callable[[_T], None]) -> _T:
-    """Run `func` in a worker thread; if we are cancelled meanwhile, `dispose` of what it
-    returns (the locks) once it finishes, instead of leaking it."""
-    future = asyncio.get_running_loop().run_in_executor(None, func)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(partial(_dispose_result, dispose))
-        raise
-
-
-def _dispose_result(dispose: Callable[[_T], None], future: asyncio.Future[_T]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        dispose(future.result())
 
 
 def _open_session(
