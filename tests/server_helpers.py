@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -16,6 +17,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 HOSTNAME = "test.popbox.invalid"
 LISTENING = re.compile(r"listening on (\S+):(\d+) \(tls=(\w+)\)")
@@ -273,6 +276,16 @@ def rss_kib(pid: int) -> int:
 
 
 # --- Real POP3 clients (tests/server/test_clients_*.py) ---------------------------------
+
+
+def which_or_skip(
+    program: str, package: str | None = None
+) -> tuple[str | None, pytest.MarkDecorator]:
+    """PROGRAM's path (None if absent) and a `pytestmark` that skips the module without it."""
+    path = shutil.which(program)
+    reason = f"{package or program} is not installed"
+    return path, pytest.mark.skipif(path is None, reason=reason)
+
 
 # The ~2 MiB message spans many of the server's 64 KiB storage blocks; every 7th line
 # starts with "." so byte-stuffing happens on both sides of block boundaries.

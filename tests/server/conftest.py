@@ -8,9 +8,17 @@ from pathlib import Path
 import pytest
 import trustme
 
-from server_helpers import HOSTNAME, OPEN_CLIENTS, RUNNING, PopboxServer, start_popbox
+from server_helpers import (
+    HOSTNAME,
+    OPEN_CLIENTS,
+    RUNNING,
+    PopboxServer,
+    client_corpus,
+    start_popbox,
+)
 
 Starter = Callable[..., PopboxServer]
+ALL_MODES = ("none", "starttls", "implicit")
 
 
 @pytest.fixture
@@ -76,3 +84,10 @@ def make_tls_files(directory: Path, name: str = "server") -> TlsFiles:
 @pytest.fixture
 def tls_files(tmp_path: Path) -> TlsFiles:
     return make_tls_files(tmp_path / "tls")
+
+
+def start_tls(popbox: Starter, tls_files: TlsFiles, secret: str = "{PLAIN}secret") -> PopboxServer:
+    """The real-client TLS tests' server: alice (SECRET) with client_corpus(), listening
+    on every mode, `plaintext = "never"`."""
+    extra = 'plaintext = "never"\n' + tls_files.toml
+    return popbox({"alice": secret}, {"alice": client_corpus()}, extra=extra, listeners=ALL_MODES)

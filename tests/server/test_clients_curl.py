@@ -13,17 +13,13 @@ it sends QUIT when it is done, so a DELE it issues is committed. What curl write
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
+from curl_helpers import NEEDS_CURL, curl
 from server_helpers import PopboxServer, client_corpus, maildir_contents, wire_form
 
-CURL = shutil.which("curl")
-pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+pytestmark = NEEDS_CURL
 
 Starter = Callable[..., PopboxServer]
 CORPUS = client_corpus()
@@ -31,16 +27,6 @@ CORPUS = client_corpus()
 # curl's exit codes (man curl, EXIT CODES).
 CURLE_WEIRD_SERVER_REPLY = 8  # the server answered -ERR to the command
 CURLE_LOGIN_DENIED = 67
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    assert CURL is not None
-    return subprocess.run(
-        [CURL, "--silent", "--show-error", "--max-time", "20", *args],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def url(server: PopboxServer, path: str = "", password: str = "secret") -> str:

@@ -17,81 +17,42 @@ none (man fetchmail, EXIT CODES).
 
 from __future__ import annotations
 
-import os
-import re
-import shlex
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from fetchmail_helpers import FETCHMAIL_GOT_MAIL, NEEDS_FETCHMAIL, delivered, run_fetchmail
 from server_helpers import (
     PopboxServer,
     client_corpus,
     lf_form,
     maildir_contents,
-    numbering_mda,
     write_maildir,
 )
 
-FETCHMAIL = shutil.which("fetchmail")
-pytestmark = pytest.mark.skipif(FETCHMAIL is None, reason="fetchmail is not installed")
+pytestmark = NEEDS_FETCHMAIL
 
 Starter = Callable[..., PopboxServer]
 CORPUS = client_corpus()
 
-FETCHMAIL_GOT_MAIL = 0
 FETCHMAIL_NO_MAIL = 1
-
-
-def added_header(server: PopboxServer) -> re.Pattern[bytes]:
-    host = re.escape(server.host.encode())
-    return re.compile(
-        rb"Received: from " + host + rb" \[" + host + rb"\]\n"
-        rb"\tby [^\s]+ with POP3 \(fetchmail-[0-9.]+\)\n"
-        rb"\tfor <[^>\n]+@localhost> \(single-drop\); [^\n]+\n"
-    )
 
 
 def fetchmail(
     server: PopboxServer, home: Path, outdir: Path, *, protocol: str, options: tuple[str, ...]
 ) -> subprocess.CompletedProcess[str]:
-    assert FETCHMAIL is not None
-    home.mkdir(exist_ok=True)
-    rcfile = home / "fetchmailrc"
-    rcfile.write_text(
-        f"poll {server.host} service {server.port} protocol {protocol} auth password\n"
-        "  user alice password secret sslproto ''\n"
+    return run_fetchmail(
+        server,
+        home,
+        outdir,
+        port=server.port,
+        protocol=protocol,
+        auth="password",
+        tls="sslproto ''",
+        options=options,
     )
-    rcfile.chmod(0o600)  # fetchmail refuses a run control file others can read
-    mda = f"{shlex.quote(str(numbering_mda(outdir)))} {shlex.quote(str(outdir))}"
-    return subprocess.run(
-        [
-            FETCHMAIL,
-            *("--fetchmailrc", str(rcfile), "--idfile", str(home / "fetchids")),
-            *("--nosyslog", "--norewrite", "--mda", mda, *options),
-        ],
-        env={**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def delivered(server: PopboxServer, outdir: Path) -> list[bytes]:
-    """The MDA's files in delivery order, each without fetchmail's Received header."""
-    pattern = added_header(server)
-    messages = []
-    for path in sorted(outdir.iterdir()):
-        data = path.read_bytes()
-        match = pattern.match(data)
-        assert match, f"{path.name} lacks fetchmail's Received header: {data[:300]!r}"
-        messages.append(data[match.end() :])
-    return messages
 
 
 @pytest.mark.parametrize("protocol", ["POP3", "APOP"])

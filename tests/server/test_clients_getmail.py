@@ -17,64 +17,37 @@ test unfolds it and checks every token, including the message's UIDL unique-id.
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import getmail_helpers
+from getmail_helpers import NEEDS_GETMAIL, run_getmail
 from server_helpers import (
     PopboxServer,
     client_corpus,
     lf_form,
     maildir_contents,
-    numbering_mda,
     write_maildir,
 )
 
-GETMAIL = shutil.which("getmail")
-pytestmark = pytest.mark.skipif(GETMAIL is None, reason="getmail6 is not installed")
+pytestmark = NEEDS_GETMAIL
 
 Starter = Callable[..., PopboxServer]
 CORPUS = client_corpus()
-
-ADDED_FIELDS = re.compile(
-    rb"Return-Path: <unknown>\nDelivered-To: unknown\nReceived: ([^\n]*(?:\n  [^\n]*)*)\n"
-)
-
-
-def received_value(server: PopboxServer, unique_id: str) -> re.Pattern[bytes]:
-    host = re.escape(server.host)
-    date = r"\d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d -0000"
-    return re.compile(
-        rf"from {host} \({host}:{server.port}\) by \S+ with POP3 getmail6"
-        rf" msgid:{re.escape(unique_id)}; {date}".encode()
-    )
 
 
 def getmail(
     server: PopboxServer, getmaildir: Path, outdir: Path, *, read_all: bool, delete: bool
 ) -> subprocess.CompletedProcess[str]:
-    assert GETMAIL is not None
-    getmaildir.mkdir(exist_ok=True)
-    rcfile = getmaildir / "getmailrc"
-    rcfile.write_text(
-        "[retriever]\ntype = SimplePOP3Retriever\n"
-        f"server = {server.host}\nport = {server.port}\nusername = alice\npassword = secret\n"
-        "[destination]\ntype = MDA_external\n"
-        f"path = {numbering_mda(outdir)}\narguments = ({str(outdir)!r},)\n"
-        "allow_root_commands = true\n"
-        f"[options]\nverbose = 0\nread_all = {read_all}\ndelete = {delete}\n"
-    )
-    return subprocess.run(
-        [GETMAIL, "--getmaildir", str(getmaildir), "--rcfile", str(rcfile)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    return run_getmail(
+        getmaildir,
+        outdir,
+        retriever="type = SimplePOP3Retriever\n"
+        f"server = {server.host}\nport = {server.port}\nusername = alice\npassword = secret\n",
+        options=f"read_all = {read_all}\ndelete = {delete}\n",
     )
 
 
@@ -85,17 +58,7 @@ def unique_ids(server: PopboxServer) -> list[str]:
 
 def delivered(server: PopboxServer, outdir: Path, ids: list[str]) -> list[bytes]:
     """The MDA's files in delivery order, each without the three fields getmail adds."""
-    files = sorted(outdir.iterdir())
-    assert len(files) == len(ids), [path.name for path in files]
-    messages = []
-    for path, unique_id in zip(files, ids, strict=True):
-        data = path.read_bytes()
-        match = ADDED_FIELDS.match(data)
-        assert match, f"{path.name} lacks getmail's fields: {data[:300]!r}"
-        received = match.group(1).replace(b"\n  ", b" ")
-        assert received_value(server, unique_id).fullmatch(received), received
-        messages.append(data[match.end() :])
-    return messages
+    return getmail_helpers.delivered(server, outdir, ids, port=server.port, received_with="POP3")
 
 
 @pytest.mark.parametrize("delete", [False, True])

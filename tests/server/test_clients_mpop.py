@@ -15,14 +15,13 @@ Each file is the message with LF line ends, unstuffed, after exactly one header 
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from mpop_helpers import NEEDS_MPOP, delivered, run_mpop
 from server_helpers import (
     PopboxServer,
     client_corpus,
@@ -31,61 +30,25 @@ from server_helpers import (
     write_maildir,
 )
 
-MPOP = shutil.which("mpop")
-pytestmark = pytest.mark.skipif(MPOP is None, reason="mpop is not installed")
+pytestmark = NEEDS_MPOP
 
 Starter = Callable[..., PopboxServer]
 CORPUS = client_corpus()
-DELIVERY_ORDER = re.compile(r"\.M\d+P\d+Q(\d+)\.")
-
-
-def added_header(server: PopboxServer) -> re.Pattern[bytes]:
-    host = re.escape(server.host.encode())
-    return re.compile(
-        rb"Received: from " + host + rb"(?: \((?:[^\s()]+ )?\[" + host + rb"\]\)| \([^\s()]+\))?\n"
-        rb"\tby \S+ \(mpop-[0-9.]+\) with POP3\n"
-        rb"\tfor <[^>\n]+>; [^\n]+\n"
-    )
 
 
 def mpop(
     server: PopboxServer, home: Path, inbox: Path, *, auth: str, keep: bool, only_new: bool
 ) -> subprocess.CompletedProcess[str]:
-    assert MPOP is not None
-    home.mkdir(exist_ok=True)
-    for sub in ("new", "cur", "tmp"):
-        (inbox / sub).mkdir(parents=True, exist_ok=True)
-    conf = home / "mpoprc"
-    conf.write_text(
-        f"account default\nhost {server.host}\nport {server.port}\ntls off\n"
-        f"auth {auth}\nuser alice\npassword secret\ndelivery maildir {inbox}\n"
-        f"keep {'on' if keep else 'off'}\nonly_new {'on' if only_new else 'off'}\n"
-        f"uidls_file {home / 'uidls'}\n"
+    return run_mpop(
+        server,
+        home,
+        inbox,
+        port=server.port,
+        tls="tls off\n",
+        auth=auth,
+        keep=keep,
+        only_new=only_new,
     )
-    conf.chmod(0o600)  # mpop refuses a configuration file holding a password others can read
-    return subprocess.run(
-        [MPOP, f"--file={conf}", "--quiet", "default"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def delivered(server: PopboxServer, inbox: Path) -> list[bytes]:
-    """The files mpop delivered, in delivery order, each without its Received header."""
-    files = sorted(
-        (inbox / "new").iterdir(), key=lambda path: int(DELIVERY_ORDER.findall(path.name)[0])
-    )
-    pattern = added_header(server)
-    messages = []
-    for path in files:
-        data = path.read_bytes()
-        match = pattern.match(data)
-        assert match, f"{path.name} lacks mpop's Received header: {data[:300]!r}"
-        messages.append(data[match.end() :])
-    return messages
 
 
 @pytest.mark.parametrize(("auth", "keep"), [("user", True), ("apop", False)])

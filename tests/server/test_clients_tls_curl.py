@@ -13,14 +13,12 @@ strongest SASL mechanism it knows from the CAPA list; curl has no SCRAM, so CRAM
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TlsFiles, make_tls_files
+from conftest import Starter, TlsFiles, make_tls_files, start_tls
 
+from curl_helpers import NEEDS_CURL, curl
 from server_helpers import (
     PopboxServer,
     client_corpus,
@@ -31,31 +29,13 @@ from server_helpers import (
     wire_form,
 )
 
-CURL = shutil.which("curl")
-pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+pytestmark = NEEDS_CURL
 
-Starter = Callable[..., PopboxServer]
 CORPUS = client_corpus()
-ALL_MODES = ("none", "starttls", "implicit")
 
 # curl's exit codes (man curl, EXIT CODES).
 CURLE_PEER_FAILED_VERIFICATION = 60
 CURLE_USE_SSL_FAILED = 64  # "Requested SSL level failed": no STLS in CAPA
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    assert CURL is not None
-    return subprocess.run(
-        [CURL, "--silent", "--show-error", "--max-time", "20", *args],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def start(popbox: Starter, tls_files: TlsFiles) -> PopboxServer:
-    extra = 'plaintext = "never"\n' + tls_files.toml
-    return popbox({"alice": "{PLAIN}secret"}, {"alice": CORPUS}, extra=extra, listeners=ALL_MODES)
 
 
 def url(server: PopboxServer, mode: str, path: str = "") -> str:
@@ -84,7 +64,7 @@ def test_retr_every_message_byte_for_byte_over_tls(
     login_options: str | None,
     mechanism: str,
 ) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     mark = log_mark(server)
     outputs = [tmp_path / f"retr{n}" for n in range(1, len(CORPUS) + 1)]
     args = ["--cacert", str(tls_files.ca_file), "--ssl-reqd"]
@@ -106,7 +86,7 @@ def test_retr_every_message_byte_for_byte_over_tls(
 def test_ssl_reqd_against_the_cleartext_listener_fails(
     popbox: Starter, tls_files: TlsFiles
 ) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     mark = log_mark(server)
     result = curl("--cacert", str(tls_files.ca_file), "--ssl-reqd", url(server, "none", "1"))
     assert (result.returncode, result.stdout) == (CURLE_USE_SSL_FAILED, b""), result.stderr
@@ -121,7 +101,7 @@ def test_ssl_reqd_against_the_cleartext_listener_fails(
 def test_a_client_trusting_another_ca_fails_the_handshake(
     popbox: Starter, tls_files: TlsFiles, tmp_path: Path, mode: str
 ) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     other = make_tls_files(tmp_path / "other", name="other")
     mark = log_mark(server)
     result = curl("--cacert", str(other.ca_file), "--ssl-reqd", url(server, mode, "1"))

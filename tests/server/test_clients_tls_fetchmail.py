@@ -14,17 +14,13 @@ unstuffed, after exactly one Received header fetchmail adds (the same over TLS).
 
 from __future__ import annotations
 
-import os
-import re
-import shlex
-import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TlsFiles, make_tls_files
+from conftest import Starter, TlsFiles, make_tls_files, start_tls
 
+from fetchmail_helpers import FETCHMAIL_GOT_MAIL, NEEDS_FETCHMAIL, delivered, run_fetchmail
 from server_helpers import (
     HOSTNAME,
     PopboxServer,
@@ -33,18 +29,13 @@ from server_helpers import (
     log_mark,
     maildir_contents,
     no_login_since,
-    numbering_mda,
     tls_login_logged,
 )
 
-FETCHMAIL = shutil.which("fetchmail")
-pytestmark = pytest.mark.skipif(FETCHMAIL is None, reason="fetchmail is not installed")
+pytestmark = NEEDS_FETCHMAIL
 
-Starter = Callable[..., PopboxServer]
 CORPUS = client_corpus()
-ALL_MODES = ("none", "starttls", "implicit")
 
-FETCHMAIL_GOT_MAIL = 0
 FETCHMAIL_SOCKET_ERROR = 2  # man fetchmail, EXIT CODES: includes a failed TLS handshake
 
 # How fetchmail is told to use TLS on each listener (man fetchmail, --ssl, --sslproto).
@@ -56,57 +47,22 @@ def start(popbox: Starter, tls_files: TlsFiles) -> PopboxServer:
     issued = tls_files.ca.issue_cert("127.0.0.1", "localhost", HOSTNAME, common_name=HOSTNAME)
     issued.private_key_pem.write_to_path(str(tls_files.private_key))
     issued.cert_chain_pems[0].write_to_path(str(tls_files.certificate))
-    extra = 'plaintext = "never"\n' + tls_files.toml
-    return popbox({"alice": "{PLAIN}secret"}, {"alice": CORPUS}, extra=extra, listeners=ALL_MODES)
-
-
-def added_header(server: PopboxServer) -> re.Pattern[bytes]:
-    host = re.escape(server.host.encode())
-    return re.compile(
-        rb"Received: from " + host + rb" \[" + host + rb"\]\n"
-        rb"\tby [^\s]+ with POP3 \(fetchmail-[0-9.]+\)\n"
-        rb"\tfor <[^>\n]+@localhost> \(single-drop\); [^\n]+\n"
-    )
+    return start_tls(popbox, tls_files)
 
 
 def fetchmail(
     server: PopboxServer, home: Path, outdir: Path, *, mode: str, protocol: str, auth: str, ca: Path
 ) -> subprocess.CompletedProcess[str]:
-    assert FETCHMAIL is not None
-    home.mkdir(exist_ok=True)
-    rcfile = home / "fetchmailrc"
-    rcfile.write_text(
-        f"poll {server.host} service {server.ports[mode]} protocol {protocol} auth {auth}\n"
-        f"  user alice password secret {TLS_OPTIONS[mode]}\n"
-        f"  sslcertfile {ca} sslcertck sslcommonname {HOSTNAME}\n"
+    return run_fetchmail(
+        server,
+        home,
+        outdir,
+        port=server.ports[mode],
+        protocol=protocol,
+        auth=auth,
+        tls=f"{TLS_OPTIONS[mode]}\n  sslcertfile {ca} sslcertck sslcommonname {HOSTNAME}",
+        options=("--keep",),
     )
-    rcfile.chmod(0o600)  # fetchmail refuses a run control file others can read
-    mda = f"{shlex.quote(str(numbering_mda(outdir)))} {shlex.quote(str(outdir))}"
-    return subprocess.run(
-        [
-            FETCHMAIL,
-            *("--fetchmailrc", str(rcfile), "--idfile", str(home / "fetchids")),
-            *("--nosyslog", "--norewrite", "--keep", "--mda", mda),
-        ],
-        env={**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def delivered(server: PopboxServer, outdir: Path) -> list[bytes]:
-    """The MDA's files in delivery order, each without fetchmail's Received header."""
-    pattern = added_header(server)
-    messages = []
-    for path in sorted(outdir.iterdir()):
-        data = path.read_bytes()
-        match = pattern.match(data)
-        assert match, f"{path.name} lacks fetchmail's Received header: {data[:300]!r}"
-        messages.append(data[match.end() :])
-    return messages
 
 
 @pytest.mark.parametrize(

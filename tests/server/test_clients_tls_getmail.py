@@ -12,15 +12,14 @@ the Received field says "with POP3-SSL" (the SSL retriever's received_with).
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TlsFiles, make_tls_files
+from conftest import Starter, TlsFiles, make_tls_files, start_tls
 
+import getmail_helpers
+from getmail_helpers import NEEDS_GETMAIL, run_getmail
 from server_helpers import (
     PopboxServer,
     client_corpus,
@@ -28,84 +27,40 @@ from server_helpers import (
     log_mark,
     maildir_contents,
     no_login_since,
-    numbering_mda,
     tls_login_logged,
 )
 
-GETMAIL = shutil.which("getmail")
-pytestmark = pytest.mark.skipif(GETMAIL is None, reason="getmail6 is not installed")
+pytestmark = NEEDS_GETMAIL
 
-Starter = Callable[..., PopboxServer]
 CORPUS = client_corpus()
-ALL_MODES = ("none", "starttls", "implicit")
 
 GETMAIL_RETRIEVAL_FAILED = 127  # getmail's main(): go() reported a failed retriever
-
-ADDED_FIELDS = re.compile(
-    rb"Return-Path: <unknown>\nDelivered-To: unknown\nReceived: ([^\n]*(?:\n  [^\n]*)*)\n"
-)
-
-
-def start(popbox: Starter, tls_files: TlsFiles) -> PopboxServer:
-    extra = 'plaintext = "never"\n' + tls_files.toml
-    return popbox({"alice": "{PLAIN}secret"}, {"alice": CORPUS}, extra=extra, listeners=ALL_MODES)
-
-
-def received_value(server: PopboxServer, unique_id: str) -> re.Pattern[bytes]:
-    host = re.escape(server.host)
-    port = server.ports["implicit"]
-    date = r"\d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d -0000"
-    return re.compile(
-        rf"from {host} \({host}:{port}\) by \S+ with POP3-SSL getmail6"
-        rf" msgid:{re.escape(unique_id)}; {date}".encode()
-    )
 
 
 def getmail(
     server: PopboxServer, getmaildir: Path, outdir: Path, *, use_apop: bool, ca: Path
 ) -> subprocess.CompletedProcess[str]:
-    assert GETMAIL is not None
-    getmaildir.mkdir(exist_ok=True)
-    rcfile = getmaildir / "getmailrc"
-    rcfile.write_text(
-        "[retriever]\ntype = SimplePOP3SSLRetriever\n"
+    return run_getmail(
+        getmaildir,
+        outdir,
+        retriever="type = SimplePOP3SSLRetriever\n"
         f"server = {server.host}\nport = {server.ports['implicit']}\n"
-        f"username = alice\npassword = secret\nuse_apop = {use_apop}\nca_certs = {ca}\n"
-        "[destination]\ntype = MDA_external\n"
-        f"path = {numbering_mda(outdir)}\narguments = ({str(outdir)!r},)\n"
-        "allow_root_commands = true\n"
-        "[options]\nverbose = 0\nread_all = true\ndelete = false\n"
-    )
-    return subprocess.run(
-        [GETMAIL, "--getmaildir", str(getmaildir), "--rcfile", str(rcfile)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+        f"username = alice\npassword = secret\nuse_apop = {use_apop}\nca_certs = {ca}\n",
+        options="read_all = true\ndelete = false\n",
     )
 
 
 def delivered(server: PopboxServer, outdir: Path, ids: list[str]) -> list[bytes]:
     """The MDA's files in delivery order, each without the three fields getmail adds."""
-    files = sorted(outdir.iterdir())
-    assert len(files) == len(ids), [path.name for path in files]
-    messages = []
-    for path, unique_id in zip(files, ids, strict=True):
-        data = path.read_bytes()
-        match = ADDED_FIELDS.match(data)
-        assert match, f"{path.name} lacks getmail's fields: {data[:300]!r}"
-        received = match.group(1).replace(b"\n  ", b" ")
-        assert received_value(server, unique_id).fullmatch(received), received
-        messages.append(data[match.end() :])
-    return messages
+    port = server.ports["implicit"]
+    return getmail_helpers.delivered(server, outdir, ids, port=port, received_with="POP3-SSL")
 
 
 @pytest.mark.parametrize(("use_apop", "mechanism"), [(False, "USER"), (True, "APOP")])
 def test_pop3_ssl_downloads_every_message(
     popbox: Starter, tls_files: TlsFiles, tmp_path: Path, use_apop: bool, mechanism: str
 ) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     ids = sorted(path.name for path in (server.maildir("alice") / "new").iterdir())
     mark = log_mark(server)
     outdir = tmp_path / "out"
@@ -122,7 +77,7 @@ def test_pop3_ssl_downloads_every_message(
 def test_a_client_trusting_another_ca_fails_the_handshake(
     popbox: Starter, tls_files: TlsFiles, tmp_path: Path
 ) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     other = make_tls_files(tmp_path / "other", name="other")
     mark = log_mark(server)
     outdir = tmp_path / "out"

@@ -13,16 +13,14 @@ Delivery and the Received header mpop adds are as in test_clients_mpop.py.
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TlsFiles, make_tls_files
+from conftest import Starter, TlsFiles, make_tls_files, start_tls
 
+from mpop_helpers import NEEDS_MPOP, delivered, run_mpop
 from server_helpers import (
     PopboxServer,
     client_corpus,
@@ -33,13 +31,9 @@ from server_helpers import (
     tls_login_logged,
 )
 
-MPOP = shutil.which("mpop")
-pytestmark = pytest.mark.skipif(MPOP is None, reason="mpop is not installed")
+pytestmark = NEEDS_MPOP
 
-Starter = Callable[..., PopboxServer]
 CORPUS = client_corpus()
-ALL_MODES = ("none", "starttls", "implicit")
-DELIVERY_ORDER = re.compile(r"\.M\d+P\d+Q(\d+)\.")
 
 EX_UNAVAILABLE = 69  # sysexits.h; mpop's exit status when the TLS handshake fails
 
@@ -56,59 +50,12 @@ METHODS = {
 }
 
 
-def start(popbox: Starter, tls_files: TlsFiles, secret: str = "{PLAIN}secret") -> PopboxServer:
-    extra = 'plaintext = "never"\n' + tls_files.toml
-    return popbox({"alice": secret}, {"alice": CORPUS}, extra=extra, listeners=ALL_MODES)
-
-
-def added_header(server: PopboxServer) -> re.Pattern[bytes]:
-    host = re.escape(server.host.encode())
-    return re.compile(
-        rb"Received: from " + host + rb"(?: \((?:[^\s()]+ )?\[" + host + rb"\]\)| \([^\s()]+\))?\n"
-        rb"\tby \S+ \(mpop-[0-9.]+\) with POP3\n"
-        rb"\tfor <[^>\n]+>; [^\n]+\n"
-    )
-
-
 def mpop(
     server: PopboxServer, home: Path, inbox: Path, *, mode: str, auth: str, trust: Path
 ) -> subprocess.CompletedProcess[str]:
-    assert MPOP is not None
-    home.mkdir(exist_ok=True)
-    for sub in ("new", "cur", "tmp"):
-        (inbox / sub).mkdir(parents=True, exist_ok=True)
-    conf = home / "mpoprc"
-    conf.write_text(
-        f"account default\nhost {server.host}\nport {server.ports[mode]}\n"
-        f"tls on\ntls_starttls {'on' if mode == 'starttls' else 'off'}\n"
-        f"tls_trust_file {trust}\n"
-        f"auth {auth}\nuser alice\npassword secret\ndelivery maildir {inbox}\n"
-        f"keep on\nonly_new off\nuidls_file {home / 'uidls'}\n"
-    )
-    conf.chmod(0o600)  # mpop refuses a configuration file holding a password others can read
-    return subprocess.run(
-        [MPOP, f"--file={conf}", "--quiet", "default"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def delivered(server: PopboxServer, inbox: Path) -> list[bytes]:
-    """The files mpop delivered, in delivery order, each without its Received header."""
-    files = sorted(
-        (inbox / "new").iterdir(), key=lambda path: int(DELIVERY_ORDER.findall(path.name)[0])
-    )
-    pattern = added_header(server)
-    messages = []
-    for path in files:
-        data = path.read_bytes()
-        match = pattern.match(data)
-        assert match, f"{path.name} lacks mpop's Received header: {data[:300]!r}"
-        messages.append(data[match.end() :])
-    return messages
+    tls = f"tls on\ntls_starttls {'on' if mode == 'starttls' else 'off'}\ntls_trust_file {trust}\n"
+    port = server.ports[mode]
+    return run_mpop(server, home, inbox, port=port, tls=tls, auth=auth, keep=True, only_new=False)
 
 
 def download_and_check(
@@ -131,7 +78,7 @@ def download_and_check(
 def test_every_method_downloads_every_message_over_tls(
     popbox: Starter, tls_files: TlsFiles, tmp_path: Path, mode: str, auth: str
 ) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     download_and_check(
         server, tmp_path, tls_files.ca_file, mode=mode, auth=auth, mechanism=METHODS[auth]
     )
@@ -153,7 +100,7 @@ def test_user_stored_as_scram_sha_256_verifier(
     )
     secret = made.stdout.strip()
     assert secret.startswith("{SCRAM-SHA-256}"), secret
-    server = start(popbox, tls_files, secret)
+    server = start_tls(popbox, tls_files, secret)
     download_and_check(
         server, tmp_path, tls_files.ca_file, mode=mode, auth=auth, mechanism=METHODS[auth]
     )
@@ -163,7 +110,7 @@ def test_user_stored_as_scram_sha_256_verifier(
 def test_a_client_trusting_another_ca_fails_the_handshake(
     popbox: Starter, tls_files: TlsFiles, tmp_path: Path, mode: str
 ) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     other = make_tls_files(tmp_path / "other", name="other")
     mark = log_mark(server)
     inbox = tmp_path / "inbox"

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TlsFiles, make_tls_files
+from conftest import Starter, TlsFiles, make_tls_files, start_tls
 
 from server_helpers import (
     PopboxServer,
@@ -31,15 +29,13 @@ from server_helpers import (
     maildir_contents,
     no_login_since,
     tls_login_logged,
+    which_or_skip,
     wire_form,
 )
 
-OPENSSL = shutil.which("openssl")
-pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+OPENSSL, pytestmark = which_or_skip("openssl")
 
-Starter = Callable[..., PopboxServer]
 CORPUS = client_corpus()
-ALL_MODES = ("none", "starttls", "implicit")
 MAILDROP_OCTETS = sum(len(wire_form(m)) for m in CORPUS)
 
 # RFC 2449 CAPA inside TLS with plaintext = "never": USER and PLAIN/LOGIN are offered now,
@@ -93,13 +89,8 @@ def s_client(
     )
 
 
-def start(popbox: Starter, tls_files: TlsFiles) -> PopboxServer:
-    extra = 'plaintext = "never"\n' + tls_files.toml
-    return popbox({"alice": "{PLAIN}secret"}, {"alice": CORPUS}, extra=extra, listeners=ALL_MODES)
-
-
 def test_stls_then_capa_user_pass_stat_retr_quit(popbox: Starter, tls_files: TlsFiles) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     mark = log_mark(server)
     commands = b"CAPA\r\nUSER alice\r\nPASS secret\r\nSTAT\r\n" + RETR_ALL + b"QUIT\r\n"
     result = s_client(server, "starttls", tls_files.ca_file, commands)
@@ -122,7 +113,7 @@ def test_stls_then_capa_user_pass_stat_retr_quit(popbox: Starter, tls_files: Tls
 def test_implicit_tls_greeting_capa_auth_plain_retr_quit(
     popbox: Starter, tls_files: TlsFiles
 ) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     mark = log_mark(server)
     # RFC 5034 section 4: AUTH with an initial response; RFC 4616 message \0user\0password.
     plain = b"AUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n"
@@ -176,7 +167,7 @@ def test_verification_failure_ends_before_any_login(
     verify: tuple[str, ...],
     error: bytes,
 ) -> None:
-    server = start(popbox, tls_files)
+    server = start_tls(popbox, tls_files)
     ca_file = make_tls_files(tmp_path / "other", "other").ca_file if trust == "other" else None
     mark = log_mark(server)
     commands = b"USER alice\r\nPASS secret\r\nQUIT\r\n"
