@@ -12,7 +12,6 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -33,9 +32,10 @@ from popbox.protocol.events import (
 )
 from popbox.protocol.session import Pop3Session
 from popbox.server.context import MAX_PENDING_INPUT, TLS_HANDSHAKE_TIMEOUT, ServerContext
+from popbox.server.expire import expired_keys
 from popbox.server.login import LoginHandler, printable
 from popbox.server.tls import ServerContext as TlsServerContext
-from popbox.storage.base import Maildrop, MessageGone, MessageInfo, StoreError
+from popbox.storage.base import Maildrop, MessageGone, StoreError
 
 log = logging.getLogger("popbox.session")
 
@@ -47,23 +47,6 @@ class SessionCounts:
     retrieved: int = 0
     deleted: int = 0
     bytes_sent: int = 0
-
-
-def expired_keys(
-    listing: Sequence[MessageInfo], retrieved: set[str], days: int | None, now: float
-) -> set[str]:
-    """RFC 2449 section 6.7 EXPIRE: the messages first retrieved `days` or more days ago
-    (with 0: every retrieved message, in this session or before)."""
-    if days is None:
-        return set()
-    expired = set()
-    for message in listing:
-        first = message.first_retrieved
-        if first is None and message.key in retrieved:
-            first = now
-        if first is not None and (days == 0 or now - first >= days * 86400):
-            expired.add(message.key)
-    return expired
 
 
 class Pop3Connection(asyncio.Protocol):
