@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import zlib
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
@@ -23,6 +24,7 @@ from popbox.storage.maildir_cache import (
     load_cache,
     parse_cache,
 )
+from popbox.storage.maildir_listing import DirStamps
 
 _T = TypeVar("_T")
 
@@ -73,69 +75,107 @@ def corpus(maildir: Path) -> dict[str, bytes]:
 # --- file format ---------------------------------------------------------------------------
 
 
+ODD = CacheTable(
+    "dovecot+xuidl",
+    names=["1700000001.M1P1.host,S=5,W=6", "back\\slash\ttab\nnewline\rcr", "caf\udce9"],
+    octets=[6, 0, 123_456_789_012],
+    delivered_ns=[1_700_000_001_000_000_000, 0, 5],
+    ranks=[2**32 + 1, 2**33, 7],
+    unique_ids=["000000016b08c270", "x" * 70, "!~"],
+    first_retrieved=[None, 1_800_000_000.25, 0.0],
+    places=["n", "c:2,S", "c:2,"],
+    stamps=DirStamps(1, 2, 3, 4, 5),
+)
+
+
 def test_format_round_trip_with_odd_names() -> None:
-    table = CacheTable(
-        "dovecot+xuidl",
-        names=["1700000001.M1P1.host,S=5,W=6", "back\\slash\ttab\nnewline\rcr", "caf\udce9"],
-        octets=[6, 0, 123_456_789_012],
-        delivered_ns=[1_700_000_001_000_000_000, 0, 5],
-        ranks=[2**32 + 1, 2**33, 7],
-        unique_ids=["000000016b08c270", "x" * 70, "!~"],
-        first_retrieved=[None, 1_800_000_000.25, 0.0],
+    data = format_cache(ODD)
+    assert data.startswith(b"popbox-cache\t2\tdovecot+xuidl\t3\t1:2:3:4:5\noctets 24\n")
+    assert (
+        b"\nnames 59\n1700000001.M1P1.host,S=5,W=6\0back\\slash\ttab\nnewline\rcr\0caf\xe9" in data
     )
-    text = format_cache(table)
-    assert text.splitlines()[:7] == [
-        "popbox-cache\t1\tdovecot+xuidl\t3",
-        "octets\t6 0 123456789012",
-        "delivered\t1700000001000000000 0 5",
-        "rank\t4294967297 8589934592 7",
-        "uidl\t000000016b08c270 " + "x" * 70 + " !~",
-        "retrieved\t- 1800000000.25 0.0",
-        "names",
-    ]
-    assert text.endswith("\nend\n")
-    assert parse_cache(text) == table
+    assert b"\nplaces 12\nn\0c:2,S\0c:2,\n" in data
+    assert data.endswith(b"\nend %08x\n" % zlib.crc32(data[: -len("end 12345678\n")]))
+    assert parse_cache(data) == ODD
+
+
+def test_a_unique_id_equal_to_the_name_is_stored_once() -> None:
+    table = CacheTable(
+        "popbox", ["a", "b"], [1, 2], [3, 4], [5, 6], ["a", "ub"], [None, 1.5], ["n", "c"]
+    )
+    data = format_cache(table)
+    assert b"\nuidl 3\n\0ub\n" in data
+    assert parse_cache(data) == table
+    same = CacheTable(
+        "popbox", ["a", "b"], [1, 2], [3, 4], [5, 6], ["a", "b"], [None, None], ["n", "c"]
+    )
+    parsed = parse_cache(format_cache(same))
+    assert parsed == same
+    assert parsed.unique_ids is not parsed.names  # equal, but never one list
 
 
 def test_empty_table_round_trip() -> None:
     table = CacheTable("popbox")
-    assert format_cache(table) == (
-        "popbox-cache\t1\tpopbox\t0\noctets\t\ndelivered\t\nrank\t\nuidl\t\nretrieved\t\n"
-        "names\nend\n"
-    )
-    assert parse_cache(format_cache(table)) == table
+    data = format_cache(table)
+    assert data.startswith(b"popbox-cache\t2\tpopbox\t0\t-\noctets 0\n\ndelivered 0\n\nrank 0\n\n")
+    assert parse_cache(data) == table
+
+
+def _resealed(data: bytes) -> bytes:
+    """`data` with its end line recomputed: damage that passes the checksum."""
+    body = data[: data.rindex(b"end ")]
+    return body + b"end %08x\n" % zlib.crc32(body)
 
 
 GOOD = format_cache(
-    CacheTable("popbox", ["a", "b"], [1, 2], [3, 4], [5, 6], ["ua", "ub"], [None, 1.5])
+    CacheTable(
+        "popbox", ["a", "b"], [1, 2], [3, 4], [5, 6], ["ua", "ub"], [None, 1.5], ["n", "c:2,S"]
+    )
 )
 
 
 @pytest.mark.parametrize(
     "broken",
     [
-        "",
+        b"",
         GOOD[:-1],  # cut inside the end line
-        GOOD[: GOOD.index("end\n")],  # cut before it
-        GOOD.replace("popbox-cache\t1", "popbox-cache\t2"),  # another version
-        GOOD.replace("\t2\n", "\t3\n", 1),  # count disagrees
-        GOOD.replace("octets\t1 2", "octets\t1"),
-        GOOD.replace("octets\t1 2", "octets\t1 x"),
-        GOOD.replace("octets\t1 2", "octets\t1 -2"),
-        GOOD.replace("uidl\tua ub", "uidl\tua u\x7fb"),
-        GOOD.replace("uidl\tua ub", "uidl\tua " + "u" * 71),
-        GOOD.replace("uidl\tua ub", "uidl\tua  ub"),
-        GOOD.replace("retrieved\t- 1.5", "retrieved\t- nan"),
-        GOOD.replace("retrieved\t- 1.5", "retrieved\t- -1"),
-        GOOD.replace("names\na\nb\n", "names\na\na\n"),  # a name twice
-        GOOD.replace("names\na\nb\n", "names\na\n\n"),  # an empty name
-        GOOD.replace("names\na\nb\n", "names\na\\x\nb\n"),  # an unknown escape
-        GOOD.replace("rank\t", "ranks\t"),
+        GOOD[: GOOD.rindex(b"end ")],  # cut before it
+        GOOD.replace(b"ua", b"uA"),  # checksum mismatch
+        _resealed(GOOD.replace(b"popbox-cache\t2", b"popbox-cache\t3")),  # another version
+        _resealed(GOOD.replace(b"\t2\t-", b"\t3\t-", 1)),  # count disagrees
+        _resealed(GOOD.replace(b"octets 16\n", b"octets 15\n")),
+        _resealed(GOOD.replace(b"\x02\x00\x00\x00\x00\x00\x00\x00", b"\xff" * 8, 1)),
+        _resealed(GOOD.replace(b"uidl 5\nua\0ub", b"uidl 5\nua\0u\x7f")),
+        _resealed(GOOD.replace(b"uidl 5\nua\0ub", b"uidl 5\nua\0\r\n")),
+        _resealed(GOOD.replace(b"uidl 5\nua\0ub", b"uidl 75\nua\0" + b"u" * 71)),
+        _resealed(GOOD.replace(b"names 3\na\0b", b"names 3\na\0a")),  # a name twice
+        _resealed(GOOD.replace(b"names 3\na\0b", b"names 4\n../b")),  # a slash
+        _resealed(GOOD.replace(b"names 3\na\0b", b"names 2\na\0")),  # an empty name
+        _resealed(GOOD.replace(b"places 7\nn\0c:2,S", b"places 7\nx\0c:2,S")),
+        _resealed(GOOD.replace(b"places 7\nn\0c:2,S", b"places 7\nn\0c/2,S")),
+        _resealed(GOOD.replace(b"places 7\nn\0c:2,S", b"places 7\nnx\0:2,S")),
+        _resealed(GOOD.replace(b"\xf8\x3f", b"\xf8\xbf")),  # retrieved 1.5 -> -1.5
+        _resealed(GOOD.replace(b"\x00\x00\xf8\x3f", b"\x00\x00\xf0\x7f")),  # infinity
+        _resealed(GOOD.replace(b"rank 16", b"ranks 16")),
+        _resealed(GOOD.replace(b"places 7\nn\0c:2,S\n", b"places 7\nn\0c:2,S\nextra")),
     ],
 )
-def test_corrupt_files_are_refused(broken: str) -> None:
+def test_corrupt_files_are_refused(broken: bytes) -> None:
     with pytest.raises(CorruptCache):
         parse_cache(broken)
+
+
+def test_a_version_1_cache_is_still_read() -> None:
+    """An upgrade keeps the retrieval times recorded by the text format of version 1."""
+    text = (
+        "popbox-cache\t1\tpopbox\t2\noctets\t1 2\ndelivered\t3 4\nrank\t5 6\n"
+        "uidl\tua ub\nretrieved\t- 1.5\nnames\na\nb\\tc\nend\n"
+    )
+    table = parse_cache(text.encode())
+    assert table == CacheTable(
+        "popbox", ["a", "b\tc"], [1, 2], [3, 4], [5, 6], ["ua", "ub"], [None, 1.5]
+    )
+    assert table.places == [] and table.stamps is None  # the next open lists new/ and cur/
 
 
 # --- what open stores and when it writes ----------------------------------------------------
@@ -172,17 +212,100 @@ def test_first_open_writes_the_cache_in_listing_order(tmp_path: Path) -> None:
     assert (maildir / CACHE_FILE_NAME).stat().st_mode & 0o777 == 0o600
 
 
+def settle(maildir: Path, age: float = 10.0) -> None:
+    """Date new/ and cur/ back, as if their last change were `age` seconds ago."""
+    when = time.time() - age
+    for sub in ("new", "cur"):
+        os.utime(maildir / sub, (when, when))
+
+
 def test_unchanged_maildrop_does_not_rewrite_the_cache(tmp_path: Path) -> None:
     maildir = maildir_of(tmp_path)
     corpus(maildir)
+    settle(maildir)
     listing(tmp_path)
     before = (maildir / CACHE_FILE_NAME).stat()
-    # Flag changes and new/ -> cur/ moves do not change what is cached.
-    (maildir / "new/1700000001.M1P10.host").rename(maildir / "cur/1700000001.M1P10.host:2,S")
     listing(tmp_path)
     after = (maildir / CACHE_FILE_NAME).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert not (maildir / (CACHE_FILE_NAME + ".tmp")).exists()
+
+
+def test_a_move_or_flag_change_updates_only_the_place(tmp_path: Path) -> None:
+    maildir = maildir_of(tmp_path)
+    corpus(maildir)
+    first = listing(tmp_path)
+    (maildir / "new/1700000001.M1P10.host").rename(maildir / "cur/1700000001.M1P10.host:2,S")
+    (maildir / "cur/1700000003.M3P10.host:2,S").rename(maildir / "cur/1700000003.M3P10.host:2,ST")
+    assert listing(tmp_path) == first
+    table = load_cache(str(maildir))
+    assert table is not None
+    assert table.places == ["c:2,", "c:2,S", "n", "c:2,ST", "c:2,RS", "n"]
+
+
+def test_settled_directories_are_not_listed_again(tmp_path: Path) -> None:
+    """While new/ and cur/ keep the mtime and inode the cache recorded (and that mtime was
+    settled when recorded), open trusts the cache instead of listing them."""
+    maildir = maildir_of(tmp_path)
+    corpus(maildir)
+    settle(maildir)
+    first = listing(tmp_path)
+    table = load_cache(str(maildir))
+    assert table is not None and table.stamps is not None and table.stamps.settled
+    # A file slipped in with new/'s mtime put back: invisible, proving no scan happened.
+    new_dir = (maildir / "new").stat()
+    (maildir / "new/1800000000.M1P1.sneaky").write_bytes(b"unseen\n")
+    os.utime(maildir / "new", ns=(new_dir.st_atime_ns, new_dir.st_mtime_ns))
+    assert listing(tmp_path) == first
+    # Any real change moves the mtime: the next open lists again and finds it.
+    (maildir / "new/1800000001.M1P1.later").write_bytes(b"later\n")
+    keys = [m.key for m in listing(tmp_path)]
+    assert keys == [m.key for m in first] + ["1800000000.M1P1.sneaky", "1800000001.M1P1.later"]
+
+
+def test_recent_directory_changes_are_not_trusted(tmp_path: Path) -> None:
+    """A change within DirStamps.SETTLE_NS of the stamp could share its mtime: list."""
+    maildir = maildir_of(tmp_path)
+    corpus(maildir)  # new/ and cur/ changed just now
+    first = listing(tmp_path)
+    table = load_cache(str(maildir))
+    assert table is not None and table.stamps is not None and not table.stamps.settled
+    new_dir = (maildir / "new").stat()
+    (maildir / "new/1800000000.M1P1.quick").write_bytes(b"quick\n")
+    os.utime(maildir / "new", ns=(new_dir.st_atime_ns, new_dir.st_mtime_ns))
+    assert [m.key for m in listing(tmp_path)] == [m.key for m in first] + ["1800000000.M1P1.quick"]
+
+
+def test_a_replaced_directory_is_listed(tmp_path: Path) -> None:
+    maildir = maildir_of(tmp_path)
+    corpus(maildir)
+    settle(maildir)
+    first = listing(tmp_path)
+    old = (maildir / "cur").stat()
+    (maildir / "cur").rename(maildir / "cur.old")
+    (maildir / "cur").mkdir()
+    os.utime(maildir / "cur", ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert [m.key for m in listing(tmp_path)] == [
+        m.key for m in first if not m.key.startswith(("1700000003", "1700000004", "legacy"))
+    ]
+
+
+def test_a_message_moved_during_a_trusted_session_is_still_read(tmp_path: Path) -> None:
+    maildir = maildir_of(tmp_path)
+    messages = corpus(maildir)
+    settle(maildir)
+    listing(tmp_path)  # writes settled stamps
+
+    async def scenario() -> bytes:
+        maildrop = await opened(tmp_path)
+        try:
+            key = "1700000001.M1P10.host"
+            (maildir / "new" / key).rename(maildir / "cur" / (key + ":2,S"))
+            return b"".join([block async for block in maildrop.read(key)])
+        finally:
+            await maildrop.close()
+
+    assert run(scenario()) == messages["new/1700000001.M1P10.host"]
 
 
 def test_cached_sizes_are_not_read_again(tmp_path: Path) -> None:
@@ -236,7 +359,7 @@ def test_lost_or_corrupt_cache_is_rebuilt_with_identical_uidls(tmp_path: Path, d
     elif damage == "garbage":
         cache.write_bytes(os.urandom(4000))
     else:
-        cache.write_text(cache.read_text().replace("popbox-cache\t1", "popbox-cache\t9"))
+        cache.write_bytes(cache.read_bytes().replace(b"popbox-cache\t2", b"popbox-cache\t9"))
     assert listing(tmp_path) == first
     assert load_cache(str(maildir)) is not None  # rebuilt
 
@@ -277,9 +400,11 @@ def test_repeated_unique_ids_in_a_hand_edited_cache_are_reassigned(tmp_path: Pat
     maildir = maildir_of(tmp_path)
     corpus(maildir)
     first = listing(tmp_path)
-    cache = maildir / CACHE_FILE_NAME
-    text = cache.read_text()
-    cache.write_text(text.replace(first[2].unique_id, first[1].unique_id, 1))
+    table = load_cache(str(maildir))
+    assert table is not None
+    table.unique_ids = list(table.unique_ids)
+    table.unique_ids[2] = table.unique_ids[1]
+    (maildir / CACHE_FILE_NAME).write_bytes(format_cache(table))
     again = listing(tmp_path)
     assert [m.unique_id for m in again] == [m.unique_id for m in first]
 

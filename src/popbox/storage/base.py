@@ -8,9 +8,9 @@ streams messages in blocks, and removes messages only when asked at UPDATE.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, overload
 
 # Size of the blocks a store yields from read(); large enough for bulk bytes operations,
 # small enough that a 100 MB message never sits in memory whole.
@@ -35,6 +35,57 @@ class MessageInfo(NamedTuple):
     # When a client first retrieved it (Unix time), from the maildrop cache; None if never.
     # RFC 2449 section 6.7 EXPIRE counts from here.
     first_retrieved: float | None = None
+
+
+class MessageTable(Sequence[MessageInfo]):
+    """A listing snapshot held by column, as a big maildrop's cache holds it: one list
+    per field instead of one MessageInfo per message. Indexing builds a MessageInfo on
+    demand; the protocol core reads the columns directly (protocol/events.py
+    ListedColumns), so opening 100,000 messages creates no per-message object."""
+
+    __slots__ = ("first_retrieved", "keys", "octet_counts", "unique_ids")
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        octet_counts: Sequence[int],
+        unique_ids: Sequence[str],
+        first_retrieved: Sequence[float | None],
+    ) -> None:
+        if not len(keys) == len(octet_counts) == len(unique_ids) == len(first_retrieved):
+            raise ValueError("columns of different lengths")
+        self.keys = keys
+        self.octet_counts = octet_counts
+        self.unique_ids = unique_ids
+        self.first_retrieved = first_retrieved
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> MessageInfo: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[MessageInfo]: ...
+    def __getitem__(self, index: int | slice) -> MessageInfo | Sequence[MessageInfo]:
+        if isinstance(index, slice):
+            return MessageTable(
+                self.keys[index],
+                self.octet_counts[index],
+                self.unique_ids[index],
+                self.first_retrieved[index],
+            )
+        return MessageInfo(
+            self.keys[index],
+            self.octet_counts[index],
+            self.unique_ids[index],
+            self.first_retrieved[index],
+        )
+
+    def __iter__(self) -> Iterator[MessageInfo]:
+        return map(MessageInfo, self.keys, self.octet_counts, self.unique_ids, self.first_retrieved)
+
+    def __repr__(self) -> str:
+        return f"<MessageTable of {len(self)} messages>"
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,7 +139,7 @@ class MaildirMaildrop:
         self.path = maildir
         self._lock = lock
         self._listing = snapshot.listing
-        self._paths = dict(snapshot.paths)
+        self._paths = snapshot.paths
         self._cache: MaildropCache = snapshot.cache
 
     def __repr__(self) -> str:

@@ -17,6 +17,9 @@ import hashlib
 import logging
 import os
 import re
+import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 logger = logging.getLogger(__name__)
 
@@ -75,24 +78,132 @@ def delivery_time_ns(base: str) -> int | None:
     return int(seconds) * 1_000_000_000 + (int(micro) * 1000 if micro else 0)
 
 
-def scan_paths(maildir: str) -> dict[str, str]:
-    """Map each base name in new/ and cur/ to its path, the cur/ one if there are two.
+# The place of a message file, as the maildrop cache records it: "n" (new/) or "c" (cur/),
+# then the info part of the file name (":2,<FLAGS>", or nothing).
+_PLACE_SUBDIRS = {"n": "new", "c": "cur"}
+
+
+def scan_places(maildir: str) -> dict[str, str]:
+    """Map each base name in new/ and cur/ to its place, the cur/ one if there are two.
 
     One scandir per directory and no stat per file: a file's type comes with the directory
     entry. new/ is scanned before cur/ so that a message moved new/ -> cur/ during the scan
-    is seen at least once; if it is seen twice, the cur/ path is the one still valid.
+    is seen at least once; if it is seen twice, the cur/ place is the one still valid.
     Dotfiles and anything that is not a regular file (directories, symlinks, fifos) are not
     messages.
     """
     found: dict[str, str] = {}
     for sub in MESSAGE_SUBDIRS:
+        letter = sub[0]
         with os.scandir(os.path.join(maildir, sub)) as entries:
             for entry in entries:
                 name = entry.name
                 if name[0] == "." or not entry.is_file(follow_symlinks=False):
                     continue
-                found[name.partition(INFO_SEPARATOR)[0]] = entry.path
+                base, colon, info = name.partition(INFO_SEPARATOR)
+                found[base] = letter + colon + info
     return found
+
+
+def place_path(maildir: str, base: str, place: str) -> str:
+    """The path of the file with this base name at this place."""
+    return f"{maildir}/{_PLACE_SUBDIRS[place[0]]}/{base}{place[1:]}"
+
+
+def valid_places(places: list[str]) -> bool:
+    """Whether every place is one scan_places could give (checked per distinct value:
+    a maildrop has a handful of flag combinations)."""
+    return all(
+        place[:1] in _PLACE_SUBDIRS
+        and (len(place) == 1 or place[1] == INFO_SEPARATOR)
+        and "/" not in place
+        for place in set(places)
+    )
+
+
+class MessagePaths:
+    """Where each listed message's file is, from its place; a message found elsewhere
+    later (another agent moved it) is remembered by path."""
+
+    __slots__ = ("_maildir", "_moved", "_names", "_places", "_rows")
+
+    def __init__(self, maildir: str, names: list[str], places: list[str]) -> None:
+        self._maildir = maildir
+        self._names = names
+        self._places = places
+        self._rows: dict[str, int] | None = None  # made at the first lookup
+        self._moved: dict[str, str] = {}
+
+    def __getitem__(self, key: str) -> str:
+        """The path of `key`; KeyError if it is not listed."""
+        moved = self._moved.get(key)
+        if moved is not None:
+            return moved
+        if self._rows is None:
+            self._rows = dict(zip(self._names, range(len(self._names)), strict=True))
+        return place_path(self._maildir, key, self._places[self._rows[key]])
+
+    def __setitem__(self, key: str, path: str) -> None:
+        self.__getitem__(key)  # KeyError: only listed messages move
+        self._moved[key] = path
+
+
+@dataclass(frozen=True, slots=True)
+class DirStamps:
+    """new/ and cur/ as last listed: their mtimes and inodes, and when they were taken.
+
+    Every create, rename or unlink in a directory sets its mtime to the current time, so
+    while both mtimes (and inodes) are unchanged the listing is too, and the cache can
+    stand in for the scan (Dovecot trusts its index the same way). Only stamps taken when
+    the last change was at least SETTLE_NS old are trusted: a change in the same clock
+    tick as the stamp could leave the mtime unchanged.
+    """
+
+    new_mtime_ns: int
+    new_inode: int
+    cur_mtime_ns: int
+    cur_inode: int
+    taken_ns: int
+
+    SETTLE_NS: ClassVar[int] = 2_000_000_000
+
+    @classmethod
+    def take(cls, maildir: str) -> DirStamps:
+        """Stamp new/ and cur/ now. Raises OSError."""
+        taken = time.time_ns()
+        new = os.stat(os.path.join(maildir, "new"))
+        cur = os.stat(os.path.join(maildir, "cur"))
+        return cls(new.st_mtime_ns, new.st_ino, cur.st_mtime_ns, cur.st_ino, taken)
+
+    @property
+    def settled(self) -> bool:
+        return max(self.new_mtime_ns, self.cur_mtime_ns) < self.taken_ns - self.SETTLE_NS
+
+    def still_valid(self, now: DirStamps) -> bool:
+        """Whether these (recorded) stamps still describe the directories stamped `now`."""
+        return self.settled and self.same_directories(now)
+
+    def same_directories(self, other: DirStamps) -> bool:
+        return (
+            self.new_mtime_ns == other.new_mtime_ns
+            and self.new_inode == other.new_inode
+            and self.cur_mtime_ns == other.cur_mtime_ns
+            and self.cur_inode == other.cur_inode
+        )
+
+    def format(self) -> str:
+        return (
+            f"{self.new_mtime_ns}:{self.new_inode}:{self.cur_mtime_ns}:{self.cur_inode}:"
+            f"{self.taken_ns}"
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> DirStamps | None:
+        """Stamps as format() wrote them; None for "-" or anything else."""
+        fields = text.split(":")
+        if len(fields) != 5 or not all(f.isascii() and f.isdigit() and len(f) < 24 for f in fields):
+            return None
+        return cls(*map(int, fields))
 
 
 def scan_messages(maildir: str) -> dict[str, list[str]]:

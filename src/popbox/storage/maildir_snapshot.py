@@ -1,8 +1,10 @@
 """The listing snapshot of a Maildir (RFC 1939 section 5), fixed at open time.
 
-Opening lists new/ and cur/ (one scandir each, no stat per file) and takes everything else
-from the maildrop cache (storage/maildir_cache.py). Only messages the cache does not know
-yet are looked at more closely:
+While new/ and cur/ have not changed since the maildrop cache (storage/maildir_cache.py)
+was written (their mtimes and inodes, storage/maildir_listing.py DirStamps), opening reads
+that one file and lists nothing. Otherwise it lists new/ and cur/ (one scandir each, no
+stat per file) and takes everything else from the cache. Only messages the cache does not
+know yet are looked at more closely:
 - size: the `,W=` field of the name, else the W field of Dovecot's uidlist, else a count
   of the file (storage/maildir_measure.py). `,S=` is the stored size, which differs from
   the wire size by the bare LFs, so it cannot spare the count;
@@ -20,9 +22,16 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from popbox.storage.base import MessageInfo, StoreError
+from popbox.storage.base import MessageTable, StoreError
 from popbox.storage.maildir_cache import CacheTable, load_cache, write_cache
-from popbox.storage.maildir_listing import delivery_time_ns, scan_paths, virtual_size
+from popbox.storage.maildir_listing import (
+    DirStamps,
+    MessagePaths,
+    delivery_time_ns,
+    place_path,
+    scan_places,
+    virtual_size,
+)
 from popbox.storage.maildir_measure import measure_file
 from popbox.storage.maildir_uidl import UidlAllocator, UidlSettings, UidlSources
 
@@ -67,6 +76,7 @@ class MaildropCache:
             if len(rows) == len(table):
                 return False
             self._table = table.select(rows)
+            self._table.stamps = None  # the unlinks changed new/ and cur/
             return True
 
 
@@ -74,8 +84,8 @@ class MaildropCache:
 class Snapshot:
     """The listing fixed at open time, where each message was found, and the cache."""
 
-    listing: tuple[MessageInfo, ...]
-    paths: dict[str, str]
+    listing: MessageTable
+    paths: MessagePaths
     cache: MaildropCache
 
 
@@ -104,10 +114,16 @@ def take_snapshot(maildir: str, settings: UidlSettings | None = None) -> Snapsho
     first. Raises StoreError."""
     settings = settings or UidlSettings()
     try:
-        found = scan_paths(maildir)
+        stamps = DirStamps.take(maildir)  # before the scan: a change during it shows later
     except OSError as exc:
         raise StoreError(f"cannot list maildir {maildir!r}: {exc}") from exc
     loaded = load_cache(maildir)
+    if loaded is not None and _still_current(loaded, settings, stamps):
+        return _snapshot(maildir, loaded)
+    try:
+        found = scan_places(maildir)
+    except OSError as exc:
+        raise StoreError(f"cannot list maildir {maildir!r}: {exc}") from exc
     known: dict[str, _Known] = {}
     if loaded is not None and loaded.settings == settings.tag:
         table = loaded
@@ -131,18 +147,41 @@ def take_snapshot(maildir: str, settings: UidlSettings | None = None) -> Snapsho
         except OSError as exc:
             raise StoreError(f"cannot read maildir {maildir!r}: {exc}") from exc
         table = _merge(table, newcomers, UidlAllocator(settings, table.unique_ids))
+    places = [found[name] for name in table.names]
+    if places != table.places:
+        table.places, changed = places, True
+    if stamps.settled and (table.stamps is None or not table.stamps.same_directories(stamps)):
+        changed = True  # worth writing: the next open can skip the scan
+    table.stamps = stamps
+    return _snapshot(maildir, table, save=changed)
+
+
+def _still_current(table: CacheTable, settings: UidlSettings, stamps: DirStamps) -> bool:
+    """Whether the cache may stand in for listing new/ and cur/: same settings, every
+    place known, and both directories unchanged since the cache's own listing."""
+    return (
+        table.settings == settings.tag
+        and table.stamps is not None
+        and len(table.places) == len(table)
+        and table.stamps.still_valid(stamps)
+        # Names are unique (the cache checks): unique-ids that are the names are too.
+        and (table.unique_ids == table.names or len(set(table.unique_ids)) == len(table))
+    )
+
+
+def _snapshot(maildir: str, table: CacheTable, *, save: bool = False) -> Snapshot:
+    """The snapshot of `table` (columns copied: the cache changes during the session)."""
     cache = MaildropCache(maildir, table)
-    if changed:
+    if save:
         try:
             cache.save()
         except OSError as exc:
             logger.warning("cannot write maildrop cache in %r: %s", maildir, exc)
-    listing = tuple(
-        map(MessageInfo, table.names, table.octets, table.unique_ids, table.first_retrieved)
+    names = list(table.names)
+    listing = MessageTable(
+        names, list(table.octets), list(table.unique_ids), list(table.first_retrieved)
     )
-    if len(found) != len(table):
-        found = {name: found[name] for name in table.names}  # drop those that vanished
-    return Snapshot(listing=listing, paths=found, cache=cache)
+    return Snapshot(listing, MessagePaths(maildir, names, list(table.places)), cache)
 
 
 def _facts(table: CacheTable, rows: Iterable[int]) -> dict[str, _Known]:
@@ -194,18 +233,24 @@ def _learn(
         measured = None
         try:
             measured = measure_file(
-                found[name], octets=need_octets, mtime=need_mtime, x_uidl=settings.xuidl
+                place_path(maildir, name, found[name]),
+                octets=need_octets,
+                mtime=need_mtime,
+                x_uidl=settings.xuidl,
             )
         except FileNotFoundError:
             # Moved (new/ -> cur/, a flag change) or deleted since the scan: one rescan
             # for all such messages, then give up on those still missing.
             if rescanned is None:
-                rescanned = scan_paths(maildir)
+                rescanned = scan_places(maildir)
             if name in rescanned:
                 found[name] = rescanned[name]
                 try:
                     measured = measure_file(
-                        found[name], octets=need_octets, mtime=need_mtime, x_uidl=settings.xuidl
+                        place_path(maildir, name, found[name]),
+                        octets=need_octets,
+                        mtime=need_mtime,
+                        x_uidl=settings.xuidl,
                     )
                 except FileNotFoundError:
                     measured = None
