@@ -42,6 +42,21 @@ def wire_size(data: bytes) -> int:
     return size + 2 if data and not data.endswith(b"\n") else size
 
 
+def naive_wire(message: bytes, top: int | None) -> bytes:
+    """A deliberately naive per-line reference of RFC 1939's multi-line encoding (section
+    3 byte-stuffing, CRLF line ends; TOP of section 7): the message as sent after +OK."""
+    lines: list[bytes] = []
+    rest = message
+    while rest:
+        head, lf, rest = rest.partition(b"\n")
+        lines.append(head[:-1] if lf and head.endswith(b"\r") else head)
+    if top is not None and b"" in lines:
+        blank = lines.index(b"")
+        lines = lines[: blank + 1 + top]
+    out = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
+    return out + b".\r\n"
+
+
 @dataclass
 class FakeDriver:
     """Answers the core's requests from a dict of stored messages."""

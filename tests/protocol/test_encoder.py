@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core_helpers import naive_wire as model
 from core_helpers import wire_size
 from popbox.protocol.encoder import MessageEncoder, encode_lines
 
@@ -64,20 +65,6 @@ def unstuff_size(wire: bytes) -> int:
 def test_retr_size_matches_listed_octets(message: bytes, top: None, wire: bytes) -> None:
     """RFC 1939 section 11: the size excludes stuffing; LF counts as CRLF."""
     assert unstuff_size(wire) == wire_size(message)
-
-
-def model(message: bytes, top: int | None) -> bytes:
-    """A deliberately naive per-line reference implementation of RFC 1939."""
-    lines: list[bytes] = []
-    rest = message
-    while rest:
-        head, lf, rest = rest.partition(b"\n")
-        lines.append(head[:-1] if lf and head.endswith(b"\r") else head)
-    if top is not None and b"" in lines:
-        blank = lines.index(b"")
-        lines = lines[: blank + 1 + top]
-    out = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
-    return out + b".\r\n"
 
 
 LINE = st.sampled_from([b"", b".", b"..", b"a", b".x", b"\r", b"x\ry", b"From x", b"  "])
