@@ -45,18 +45,20 @@ MASTER = textwrap.dedent(
     for pid in workers:
         os.waitpid(pid, 0)
     metrics.worker_exited(workers[0])
+    assert metrics.served_by_master()
     exporter = metrics.start_multiprocess_server(load_config(Path(sys.argv[1])))
     print(exporter.address[1], flush=True)
     sys.stdin.read()
     exporter.close()
     metrics.cleanup_multiprocess()
-    print("directory gone:", not directory.exists(), flush=True)
+    print("directory gone:", not directory.exists(), not metrics.served_by_master(), flush=True)
     """
 )
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    hidden = ("PROMETHEUS_MULTIPROC_DIR", "POPBOX_METRICS_MASTER")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
     src = str(Path(__file__).parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     return env
@@ -90,7 +92,7 @@ def test_multiprocess_mode_sums_every_process(tmp_path: Path) -> None:
             with urllib.request.urlopen(url, timeout=10) as response:
                 text = response.read().decode()
             master.stdin.close()
-            assert master.stdout.readline() == "directory gone: True\n"
+            assert master.stdout.readline() == "directory gone: True True\n"
             assert master.wait(10) == 0
         finally:
             if master.poll() is None:

@@ -20,7 +20,7 @@ first imported, so the master must prepare the directory before anything imports
        (sets PROMETHEUS_MULTIPROC_DIR, which the workers inherit)
     2. master:                         exporter = start_multiprocess_server(config)
     3. workers:                        nothing; `current()` writes to the directory
-       (serve() does not start its own endpoint when multiprocess_dir() is set)
+       (serve() does not start its own endpoint when served_by_master())
     4. master, after reaping a worker: worker_exited(pid)
        (its popbox_connections_active stops counting; its counters stay in the sums)
     5. master, at exit:                exporter.close(); cleanup_multiprocess()
@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from popbox.config import Config
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Set by prepare_multiprocess() next to MULTIPROC_ENV, so that a PROMETHEUS_MULTIPROC_DIR
+# left in the environment by something else does not turn the endpoint off.
+MASTER_ENV = "POPBOX_METRICS_MASTER"
 
 # RETR latency buckets in seconds: sub-millisecond for small local messages up to minutes
 # for large messages to slow clients.
@@ -244,6 +247,12 @@ def multiprocess_dir() -> Path | None:
     return Path(value) if value else None
 
 
+def served_by_master() -> bool:
+    """True in a master that called prepare_multiprocess() and in its workers: the master
+    serves the metrics, the workers do not."""
+    return os.environ.get(MASTER_ENV) == "1"
+
+
 def prepare_multiprocess(directory: Path | None = None) -> Path:
     """Multiprocess mode, in the master before forking and before prometheus_client is
     imported: an empty directory for every process's metric files (a fresh temporary one
@@ -262,6 +271,7 @@ def prepare_multiprocess(directory: Path | None = None) -> Path:
         for stale in directory.glob("*.db"):
             stale.unlink()
     os.environ[MULTIPROC_ENV] = str(directory)
+    os.environ[MASTER_ENV] = "1"
     return directory
 
 
@@ -299,3 +309,4 @@ def cleanup_multiprocess() -> None:
     if directory is not None:
         shutil.rmtree(directory, ignore_errors=True)
         del os.environ[MULTIPROC_ENV]
+    os.environ.pop(MASTER_ENV, None)

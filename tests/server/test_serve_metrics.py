@@ -206,3 +206,20 @@ def test_logout_line_for_every_ending(popbox: Starter) -> None:
         rf"logout user=alice client=127\.0\.0\.1 reason=shutdown top=0/0 retr=0/0 del=0/3 "
         rf"size={size} bytes_in={len(LOGIN)} "
     )
+
+
+def test_store_failure_at_login_is_counted(popbox: Starter) -> None:
+    server = popbox({"bob": "{PLAIN}bobpw"}, extra=METRICS)
+    # bob's Maildir is a regular file: the store cannot open it.
+    server.maildir("bob").parent.mkdir(parents=True)
+    server.maildir("bob").write_bytes(b"not a directory")
+    client = poplib.POP3(server.host, server.port, timeout=10)
+    client.user("bob")
+    with pytest.raises(poplib.error_proto, match=r"\[SYS/TEMP\]"):
+        client.pass_("bobpw")
+    client.quit()
+    server.log.wait_for(r"logout user=- ")
+    after = scrape(server)
+    assert value(after, "popbox_store_errors_total", operation="open") == 1
+    assert value(after, "popbox_logins_total", result="maildrop_unavailable", mechanism="USER") == 1
+    assert value(after, "popbox_lock_conflicts_total") == 0

@@ -144,11 +144,12 @@ class LoginHandler:
             self._failed(user, mechanism, "in-use")
             return LoginResult(self.session.maildrop_locked())
         except InvalidMaildropUser as error:
-            self._unavailable(mechanism)
+            self.ctx.metrics.login("maildrop_unavailable", mechanism)
             log.error("no maildrop for user=%s client=%s: %s", user, self.peer, error)
             return LoginResult(self.session.maildrop_unavailable(permanent=True))
         except (StoreError, OSError, ValueError) as error:
-            self._unavailable(mechanism)
+            self.ctx.metrics.login("maildrop_unavailable", mechanism)
+            self.ctx.metrics.store_error("open")
             log.error("maildrop unavailable user=%s client=%s error=%s", user, self.peer, error)
             return LoginResult(self.session.maildrop_unavailable())
         if delays is not None:
@@ -182,10 +183,6 @@ class LoginHandler:
             reason,
             extra={**fields, "reason": reason},
         )
-
-    def _unavailable(self, mechanism: str) -> None:
-        self.ctx.metrics.login("maildrop_unavailable", mechanism)
-        self.ctx.metrics.store_error("open")
 
 
 def _describe(event: LoginRequest) -> tuple[str, str | None]:
