@@ -27,6 +27,9 @@ first imported, so the master must prepare the directory before anything imports
 
 Counters and the histogram are summed over all processes, living or dead; the gauge
 popbox_connections_active uses multiprocess_mode="livesum" (the sum over live processes).
+The exporter runs on a thread. Fork the first workers before starting it; a replacement
+worker forked later is forked from a threaded process (the usual caveat: a lock that
+thread held at that instant stays held in the child; Python 3.12 warns about such forks).
 """
 
 from __future__ import annotations
