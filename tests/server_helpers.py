@@ -22,6 +22,8 @@ import pytest
 
 HOSTNAME = "test.popbox.invalid"
 LISTENING = re.compile(r"listening on (\S+):(\d+) \(tls=(\w+)\)")
+# The "ready" line in the text and in the JSON log format.
+READY = re.compile(r'popbox\.server(?:: |", "message": ")ready\b')
 
 
 @dataclass
@@ -165,7 +167,7 @@ def launch(root: Path, config: Path) -> PopboxServer:
     server = PopboxServer(root, process, watcher, 0)
     RUNNING.append(server)
     watcher.wait_for(LISTENING.pattern)
-    watcher.wait_for(r"popbox\.server: ready")
+    watcher.wait_for(READY.pattern)
     for line in watcher.lines:
         if found := LISTENING.search(line):
             server.host = found.group(1)

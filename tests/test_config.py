@@ -18,6 +18,7 @@ from popbox.config import (
     LimitsConfig,
     ListenConfig,
     MailConfig,
+    MetricsConfig,
     TlsConfig,
     check_ports_free,
     load_config,
@@ -624,4 +625,67 @@ def test_address_not_on_this_host_is_refused(confdir: Path) -> None:
         check_ports_free(config)
     assert str(caught.value) == (
         f"{confdir}/popbox.toml: listen[0].address: 192.0.2.1 is not an address of this host"
+    )
+
+
+# ---- [metrics] and log_format ----
+
+
+def test_metrics_and_log_format(confdir: Path) -> None:
+    text = 'log_format = "json"\n' + MINIMAL + '[metrics]\naddress = "::1"\nport = 9111\n'
+    config = load_config(write(confdir, text))
+    assert config.log_format == "json"
+    assert config.metrics == MetricsConfig(address="::1", port=9111)
+
+
+def test_metrics_and_log_format_defaults(confdir: Path) -> None:
+    config = load_config(write(confdir, MINIMAL))
+    assert (config.metrics, config.log_format) == (None, "text")
+    # An empty [metrics] table turns the endpoint on at its defaults.
+    config = load_config(write(confdir, MINIMAL + "[metrics]\n"))
+    assert config.metrics == MetricsConfig(address="127.0.0.1", port=9110)
+
+
+METRICS_ERRORS = [
+    pytest.param(
+        "log_format = 'xml'\n",
+        "log_format: expected one of 'text', 'json', got 'xml'",
+        id="bad-log-format",
+    ),
+    pytest.param(
+        "[metrics]\nport = 70000\n",
+        "metrics.port: expected an integer 0-65535, got 70000",
+        id="bad-metrics-port",
+    ),
+    pytest.param(
+        "[metrics]\nport = '9110'\n",
+        "metrics.port: expected an integer 0-65535, got '9110'",
+        id="metrics-port-string",
+    ),
+    pytest.param(
+        "[metrics]\nadress = '127.0.0.1'\n",
+        "metrics.adress: unknown key (did you mean 'address'?)",
+        id="metrics-unknown-key",
+    ),
+    pytest.param(
+        "[metrics]\naddress = ''\n",
+        "metrics.address: expected an IP address or host name, got ''",
+        id="metrics-empty-address",
+    ),
+    pytest.param("metrics = 9110\n", "metrics: expected a table, got 9110", id="metrics-not-table"),
+]
+
+
+@pytest.mark.parametrize(("added", "message"), METRICS_ERRORS)
+def test_metrics_error_names_the_key(confdir: Path, added: str, message: str) -> None:
+    path = write(confdir, MINIMAL + added if added.startswith("[") else added + MINIMAL)
+    assert error_of(path) == f"{path}: " + message
+
+
+def test_metrics_port_in_use_is_refused(confdir: Path, busy_port: int) -> None:
+    config = load_config(write(confdir, MINIMAL + f"[metrics]\nport = {busy_port}\n"))
+    with pytest.raises(ConfigError) as caught:
+        check_ports_free(config)
+    assert str(caught.value) == (
+        f"{confdir}/popbox.toml: metrics.port: 127.0.0.1:{busy_port} is already in use"
     )

@@ -100,7 +100,7 @@ def _deliver(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"popbox deliver: {error}", file=sys.stderr)
         return EX_CONFIG
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     message = sys.stdin.buffer.read()
     return deliver_main(make_store(config), make_authenticator(config), args.users, message)
 
@@ -129,7 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config)
     check_ports_free(config)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
 
     def ready(bound: list[tuple[str, int]]) -> None:
         if demo:

@@ -72,7 +72,9 @@ def test_read_all_downloads_every_message(popbox: Starter, tmp_path: Path, delet
     # getmail sends QUIT; `delete = true` sends DELE for each message it delivered.
     assert maildir_contents(server.maildir("alice")) == ([] if delete else CORPUS)
     deleted = len(CORPUS) if delete else 0
-    server.log.wait_for(rf"logout user=alice client=\S+ reason=quit retrieved=8 deleted={deleted} ")
+    server.log.wait_for(
+        rf"logout user=alice client=\S+ reason=quit top=\d+/\d+ retr=8/\d+ del={deleted}/"
+    )
 
 
 def test_read_all_false_fetches_only_new_mail(popbox: Starter, tmp_path: Path) -> None:

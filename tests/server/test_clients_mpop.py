@@ -63,7 +63,9 @@ def test_downloads_every_message_then_keeps_or_deletes(
     assert maildir_contents(server.maildir("alice")) == (CORPUS if keep else [])
     server.log.wait_for(rf"login ok user=alice client=\S+ mechanism={auth.upper()} ")
     deleted = 0 if keep else len(CORPUS)
-    server.log.wait_for(rf"logout user=alice client=\S+ reason=quit retrieved=8 deleted={deleted} ")
+    server.log.wait_for(
+        rf"logout user=alice client=\S+ reason=quit top=\d+/\d+ retr=8/\d+ del={deleted}/"
+    )
 
 
 def test_only_new_uses_the_uidls_file(popbox: Starter, tmp_path: Path) -> None:

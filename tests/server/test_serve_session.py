@@ -53,7 +53,9 @@ def test_quit_commits_marked_messages(popbox: Starter) -> None:
     assert client.command(b"QUIT") == b"+OK POP3 server signing off (1 messages left)\r\n"
     assert client.read_until_closed() == b""
     assert sorted(os.listdir(server.maildir("alice") / "new")) == [names[1]]
-    server.log.wait_for(r"logout user=alice client=127\.0\.0\.1 reason=quit retrieved=0 deleted=2")
+    server.log.wait_for(
+        r"logout user=alice client=127\.0\.0\.1 reason=quit top=0/0 retr=0/0 del=2/3 size=190 "
+    )
 
 
 def test_dropped_connection_deletes_nothing_and_releases_lock(popbox: Starter) -> None:
@@ -176,7 +178,9 @@ def test_logs_name_events_and_never_secrets(popbox: Starter) -> None:
     client.read_multiline()
     client.command(b"DELE 1")
     client.command(b"QUIT")
-    server.log.wait_for(r"logout user=alice client=127\.0\.0\.1 reason=quit retrieved=1 deleted=1")
+    server.log.wait_for(
+        r"logout user=alice client=127\.0\.0\.1 reason=quit top=\d+/\d+ retr=1/\d+ del=1/"
+    )
     server.log.wait_for(r"login failed user=alice client=127\.0\.0\.1 mechanism=USER")
     server.log.wait_for(r"login ok user=alice client=127\.0\.0\.1 mechanism=USER messages=1")
     text = "\n".join(server.log.lines)

@@ -19,6 +19,7 @@ from popbox.config.model import (
     ListenConfig,
     LmtpConfig,
     MailConfig,
+    MetricsConfig,
     OAuthConfig,
     TlsConfig,
 )
@@ -120,6 +121,7 @@ _CONFIG_CONVERTERS: dict[str, _Converter] = {
     "mail": _table(MailConfig, {"location": _relative_location}),
     "limits": _table(LimitsConfig, {}),
     "lmtp": _table(LmtpConfig, {"path": _relative_path}),
+    "metrics": _table(MetricsConfig, {}),
     "client_workarounds": _as_tuple,
 }
 

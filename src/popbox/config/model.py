@@ -37,6 +37,7 @@ UidlFormat = Literal["popbox", "dovecot", "courier"]
 ClientWorkaround = Literal["outlook-no-nuls", "oe-ns-eoh"]
 PlaintextPolicy = Literal["never", "loopback", "always"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 
 # RFC 1939 section 3: "the autologout timer MUST be of at least 10 minutes' duration".
 RFC1939_MIN_AUTOLOGOUT = 600.0
@@ -169,6 +170,17 @@ class LimitsConfig:
         check_fields(self, _LIMITS_CHECKS)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """[metrics]: Prometheus metrics over HTTP (README: Metrics)."""
+
+    address: str = "127.0.0.1"
+    port: int = 9110  # 0 = any free port (tests)
+
+    def __post_init__(self) -> None:
+        check_fields(self, _METRICS_CHECKS)
+
+
 def _default_hostname() -> str:
     # Looked up through the module when a Config is made, so tests can replace getfqdn.
     return socket.getfqdn()
@@ -185,8 +197,10 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     lmtp: LmtpConfig | None = None
+    metrics: MetricsConfig | None = None  # absent: no metrics endpoint
     client_workarounds: tuple[ClientWorkaround, ...] = ()
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
     source: Path | None = None  # the file it came from
 
     def __post_init__(self) -> None:
@@ -264,6 +278,10 @@ _LMTP_CHECKS: dict[str, Check] = {
     "path": optional(instance_of(Path)),
     "max_message_size": int_range(1),
 }
+_METRICS_CHECKS: dict[str, Check] = {
+    "address": listen_address,
+    "port": int_range(0, 65535),
+}
 _LIMITS_CHECKS: dict[str, Check] = {
     "max_connections": int_range(1),
     "max_connections_per_ip": int_range(1),
@@ -278,7 +296,9 @@ _CONFIG_CHECKS: dict[str, Check] = {
     "mail": instance_of(MailConfig),
     "limits": instance_of(LimitsConfig),
     "lmtp": optional(instance_of(LmtpConfig)),
+    "metrics": optional(instance_of(MetricsConfig)),
     "client_workarounds": tuple_of(one_of(ClientWorkaround)),
     "log_level": one_of(LogLevel),
+    "log_format": one_of(LogFormat),
     "source": optional(instance_of(Path)),
 }

@@ -36,6 +36,13 @@ def check_ports_free(config: Config) -> None:
                 held.extend(_bind_listener(as_listener))
             except ConfigError as error:
                 raise error.within("lmtp", source) from None
+        metrics = config.metrics
+        if metrics is not None and metrics.port:
+            as_listener = ListenConfig(address=metrics.address, port=metrics.port)
+            try:
+                held.extend(_bind_listener(as_listener))
+            except ConfigError as error:
+                raise error.within("metrics", source) from None
     finally:
         for sock in held:
             sock.close()

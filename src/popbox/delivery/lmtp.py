@@ -35,6 +35,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from popbox.auth.base import Authenticator
 from popbox.delivery.lmtp_data import DataDecoder
 from popbox.delivery.message import delivery_headers, find_recipient, has_control_characters
+from popbox.metrics import current as current_metrics
 from popbox.storage.base import InvalidMaildropUser, MaildropStore, StoreError
 
 __all__ = [
@@ -157,6 +158,7 @@ class LmtpHandler:
             log.error("LMTP: %s: %s", shown, exc)
             return f"550 5.1.1 <{shown}>: no maildrop for this user"
         except StoreError as exc:
+            current_metrics().store_error("deliver")
             log.warning("LMTP: delivery to %s failed: %s", shown, exc)
             return f"451 4.3.0 <{shown}> temporary failure"
         except Exception:

@@ -37,7 +37,7 @@ from popbox.protocol.limits import MAX_COMMAND_LINE, MAX_SASL_RESPONSE_LINE
 from popbox.protocol.listing import Listing
 from popbox.protocol.sasl_exchange import Phase, SaslExchange, decode_response
 from popbox.protocol.session_config import SessionConfig
-from popbox.protocol.states import State, check_legal
+from popbox.protocol.states import State, check_legal, command_label
 from popbox.protocol.transaction import TransactionCommands, arity
 from popbox.sasl.base import MechanismContext, ScramCredentials
 from popbox.sasl.registry import MECHANISMS, PLAINTEXT_MECHANISMS, create
@@ -127,6 +127,8 @@ class Pop3Session(TransactionCommands):
             if isinstance(line, _Overlong):
                 return self._open(sasl.fail("SASL response too long"))
             return self._sasl_event(sasl.line(line))
+        if self.config.on_command is not None:
+            self.config.on_command(command_label(line if isinstance(line, bytes) else b""))
         try:
             if isinstance(line, _Overlong):
                 raise RemoteProtocolError(f"line too long (limit {limit} octets)")

@@ -31,6 +31,8 @@ class SessionConfig:
     # Dovecot's pop3_client_workarounds: "outlook-no-nuls", "oe-ns-eoh".
     workarounds: frozenset[str] = frozenset()
     max_bad_commands: int = DEFAULT_MAX_BAD_COMMANDS
+    # Told the keyword of every command line (or "unknown"), for the driver's metrics.
+    on_command: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.timestamp.startswith("<") and self.timestamp.endswith(">")):

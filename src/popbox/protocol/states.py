@@ -38,3 +38,13 @@ def check_legal(state: State, keyword: str) -> None:
     if keyword not in KNOWN_COMMANDS:
         raise RemoteProtocolError("unknown command")
     raise RemoteProtocolError(f"{keyword} not allowed in {state.value} state")
+
+
+UNKNOWN_KEYWORD = "unknown"
+
+
+def command_label(line: bytes) -> str:
+    """A command line's keyword if it is one we know, else "unknown": what the driver's
+    metrics count, from a fixed set so that a client cannot invent new values."""
+    keyword = line[:5].partition(b" ")[0].upper().decode("ascii", "replace")
+    return keyword if keyword in KNOWN_COMMANDS else UNKNOWN_KEYWORD

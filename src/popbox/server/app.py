@@ -15,6 +15,7 @@ from popbox.auth.passwdfile import PasswdFileAuthenticator
 from popbox.auth.throttle import LoginDelayTracker, LoginThrottle, ThrottleConfig
 from popbox.config import Config
 from popbox.delivery.lmtp import LmtpServer, start_lmtp
+from popbox.metrics import served_by_master, start_metrics_server
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS
 from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
@@ -148,6 +149,10 @@ async def serve(
             bound.append((host, port))
             log.info("listening on %s:%d (tls=%s)", host, port, listener.tls)
     lmtp = await start_delivery(config, ctx)
+    # With worker processes the master serves the metrics of all (popbox/metrics.py).
+    exporter = None if served_by_master() else start_metrics_server(config)
+    if exporter is not None:
+        log.info("metrics listening on %s:%d", *exporter.address)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -163,6 +168,8 @@ async def serve(
         server.close()
     if lmtp is not None:
         await lmtp.close()
+    if exporter is not None:
+        exporter.close()
     for task in list(ctx.tasks):
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -12,9 +12,9 @@ import asyncio
 import logging
 import socket
 import time
-from dataclasses import dataclass
 from typing import cast
 
+from popbox.logsetup import bind_session, new_session_id
 from popbox.protocol.events import (
     Authenticate,
     AuthenticateApop,
@@ -31,6 +31,7 @@ from popbox.protocol.events import (
     StartTls,
 )
 from popbox.protocol.session import Pop3Session
+from popbox.server.accounting import SessionAccounting
 from popbox.server.context import MAX_PENDING_INPUT, TLS_HANDSHAKE_TIMEOUT, ServerContext
 from popbox.server.expire import expired_keys
 from popbox.server.login import LoginHandler, printable
@@ -38,15 +39,6 @@ from popbox.server.tls import ServerContext as TlsServerContext
 from popbox.storage.base import Maildrop, MessageGone, StoreError
 
 log = logging.getLogger("popbox.session")
-
-
-@dataclass(slots=True)
-class SessionCounts:
-    """What the logout line reports (like Dovecot's pop3_logout_format)."""
-
-    retrieved: int = 0
-    deleted: int = 0
-    bytes_sent: int = 0
 
 
 class Pop3Connection(asyncio.Protocol):
@@ -64,7 +56,8 @@ class Pop3Connection(asyncio.Protocol):
         self._retrieved: set[str] = set()  # keys RETR'd in this session (EXPIRE)
         self._expire_days: int | None = None  # this user's EXPIRE, set at login
         self.peer = "?"
-        self.counts = SessionCounts()
+        self.session_id = new_session_id()
+        self.acct = SessionAccounting(ctx.metrics)  # the logout line's counts, and metrics
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -80,9 +73,11 @@ class Pop3Connection(asyncio.Protocol):
             # Replies are small and each must go out at once (no Nagle + delayed-ACK stall).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = self._ctx
+        ctx.metrics.connections.inc()
         if not self._admit(self._transport):
             return
         ctx.per_ip[self.peer] += 1
+        self.acct.opened()
         task = asyncio.get_running_loop().create_task(self._run())
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
@@ -92,6 +87,7 @@ class Pop3Connection(asyncio.Protocol):
         if session is None or self._transport is None:
             return
         session.receive_data(data)
+        self.acct.received(len(data))
         self._data_arrived.set()
         if session.buffered > MAX_PENDING_INPUT:
             self._transport.pause_reading()
@@ -122,15 +118,18 @@ class Pop3Connection(asyncio.Protocol):
         """Connection limits and blocked addresses: refuse (RFC 3206 [SYS/TEMP]), close."""
         ctx = self._ctx
         if len(ctx.tasks) >= ctx.policy.max_connections:
-            reason = "too many connections"
+            label, reason = "limit", "too many connections"
         elif ctx.per_ip[self.peer] >= ctx.policy.max_connections_per_ip:
-            reason = "too many connections from your address"
+            label, reason = "ip_limit", "too many connections from your address"
         elif ctx.throttle.address_blocked(self.peer, time.monotonic()):
-            reason = "too many failed logins from your address, try again later"
+            label, reason = "blocked", "too many failed logins from your address, try again later"
         else:
             return True
-        log.warning("refused client=%s reason=%r", self.peer, reason)
-        transport.write(b"-ERR [SYS/TEMP] " + reason.encode("ascii") + b"\r\n")
+        ctx.metrics.refused(label)
+        log.warning("refused client=%s reason=%r", self.peer, reason, extra={"client": self.peer})
+        refusal = b"-ERR [SYS/TEMP] " + reason.encode("ascii") + b"\r\n"
+        transport.write(refusal)
+        ctx.metrics.sent_bytes.inc(len(refusal))
         transport.close()
         return False
 
@@ -152,7 +151,7 @@ class Pop3Connection(asyncio.Protocol):
         assert self._transport is not None
         if data and not self._lost:
             self._transport.write(data)
-            self.counts.bytes_sent += len(data)
+            self.acct.sent(len(data))
 
     async def _start_tls(self) -> None:
         """STLS (RFC 2595 section 4): the handshake on the same connection."""
@@ -195,6 +194,7 @@ class Pop3Connection(asyncio.Protocol):
 
     async def _run(self) -> None:
         assert self._transport is not None
+        bind_session(session=self.session_id, client=self.peer)  # for JSON logs
         log.info("connect client=%s", self.peer)
         reason = "closed"
         session: Pop3Session | None = None
@@ -232,16 +232,7 @@ class Pop3Connection(asyncio.Protocol):
         self._ctx.per_ip[self.peer] -= 1
         if self._ctx.per_ip[self.peer] <= 0:
             del self._ctx.per_ip[self.peer]
-        c = self.counts
-        log.info(
-            "logout user=%s client=%s reason=%s retrieved=%d deleted=%d bytes=%d",
-            printable(session.user if session else None),
-            self.peer,
-            reason,
-            c.retrieved,
-            c.deleted,
-            c.bytes_sent,
-        )
+        self.acct.logout(printable(session.user if session else None), self.peer, reason)
 
     async def _event_loop(self, session: Pop3Session) -> str:
         loop = asyncio.get_running_loop()
@@ -308,6 +299,8 @@ class Pop3Connection(asyncio.Protocol):
         if result.maildrop is not None:
             self._maildrop = result.maildrop
             self._expire_days = result.expire_days
+            self.acct.logged_in(len(session.listing), session.listing.live_octets)
+            bind_session(session=self.session_id, client=self.peer, user=printable(session.user))
         return result.event
 
     async def _wait_for_data(self, timeout: float) -> bool:
@@ -330,6 +323,7 @@ class Pop3Connection(asyncio.Protocol):
         assert self._maildrop is not None
         stream = self._maildrop.read(event.message.key)
         encoder = event.encoder
+        start = self.acct.retrieval_started()
         try:
             try:
                 first = await anext(stream, b"")
@@ -337,6 +331,7 @@ class Pop3Connection(asyncio.Protocol):
                 self._write(session.retrieve_failed(message_gone=True).data)
                 return
             except (StoreError, OSError) as error:
+                self._ctx.metrics.store_error("read")
                 log.error("read failed user=%s error=%s", session.user, error)
                 self._write(session.retrieve_failed(message_gone=False).data)
                 return
@@ -350,6 +345,7 @@ class Pop3Connection(asyncio.Protocol):
             # The end of the reply leaves with its last block: one write, no small tail.
             self._write(pending + encoder.finish())
         except (StoreError, OSError) as error:
+            self._ctx.metrics.store_error("read")
             log.error("read failed after +OK user=%s error=%s", session.user, error)
             raise ConnectionError("store failed during RETR") from error
         finally:
@@ -357,8 +353,8 @@ class Pop3Connection(asyncio.Protocol):
             if aclose is not None:
                 await aclose()
         session.retrieve_done()
+        self.acct.retrieval_done(start, top=encoder.is_top)
         if not encoder.is_top:
-            self.counts.retrieved += 1
             self._retrieved.add(event.message.key)
 
     async def _update(self, session: Pop3Session, event: CommitUpdate) -> Event:
@@ -371,12 +367,14 @@ class Pop3Connection(asyncio.Protocol):
             try:
                 await maildrop.record_retrievals(sorted(self._retrieved), now)
             except (StoreError, OSError) as error:
+                self._ctx.metrics.store_error("update")
                 log.warning("retrieval times not saved user=%s error=%s", session.user, error)
         expired = expired_keys(maildrop.listing, self._retrieved, self._expire_days, now)
         expired -= set(event.keys)
         result = await maildrop.delete([*event.keys, *sorted(expired)])
-        self.counts.deleted += len(result.removed)
+        self.acct.removed(len(result.removed))
         if result.failed:
+            self._ctx.metrics.store_error("update")
             log.error("update user=%s not removed=%d", session.user, len(result.failed))
         await self._release()
         return session.update_done(failed=len(result.failed), expired=len(expired))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from popbox.auth.base import Authenticator
 from popbox.auth.throttle import LoginDelayTracker, LoginThrottle
+from popbox.metrics import ServerMetrics, current
 from popbox.protocol.session import SessionConfig
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS, PLAINTEXT_MECHANISMS
 from popbox.server.tls import TlsManager
@@ -55,6 +56,7 @@ class ServerContext:
     throttle: LoginThrottle
     login_delays: LoginDelayTracker | None = None
     tls: TlsManager | None = None
+    metrics: ServerMetrics = field(default_factory=current)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
@@ -102,6 +104,7 @@ class ServerContext:
             expire=self.policy.expire,
             workarounds=self.policy.workarounds,
             max_bad_commands=self.policy.max_bad_commands,
+            on_command=self.metrics.command,
         )
 
 

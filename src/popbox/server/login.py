@@ -34,6 +34,15 @@ from popbox.storage.base import InvalidMaildropUser, Maildrop, MaildropLocked, S
 
 log = logging.getLogger("popbox.login")
 
+# The login line's reason -> the popbox_logins_total result (README: Metrics); any other
+# reason (invalid-credentials, a SASL failure) is "failed".
+_RESULTS = {
+    "blocked": "blocked",
+    "in-use": "in_use",
+    "login-delay": "login_delay",
+    "temporary-failure": "temp_failure",
+}
+
 # RFC 7628 section 3.2.2: the error a failed bearer token gets, as a JSON challenge.
 BEARER_ERROR = json.dumps({"status": "invalid_token"}, separators=(",", ":")).encode()
 
@@ -135,9 +144,12 @@ class LoginHandler:
             self._failed(user, mechanism, "in-use")
             return LoginResult(self.session.maildrop_locked())
         except InvalidMaildropUser as error:
+            self.ctx.metrics.login("maildrop_unavailable", mechanism)
             log.error("no maildrop for user=%s client=%s: %s", user, self.peer, error)
             return LoginResult(self.session.maildrop_unavailable(permanent=True))
         except (StoreError, OSError, ValueError) as error:
+            self.ctx.metrics.login("maildrop_unavailable", mechanism)
+            self.ctx.metrics.store_error("open")
             log.error("maildrop unavailable user=%s client=%s error=%s", user, self.peer, error)
             return LoginResult(self.session.maildrop_unavailable())
         if delays is not None:
@@ -149,22 +161,27 @@ class LoginHandler:
             # RFC 2449 section 6.7: after login, CAPA shows this user's own policy.
             self.session.user_policy(expire=str(expire_days))
         listing = maildrop.listing
+        self.ctx.metrics.login("ok", mechanism)
         log.info(
             "login ok user=%s client=%s mechanism=%s messages=%d",
             printable(user),
             self.peer,
             mechanism,
             len(listing),
+            extra={"user": printable(user), "client": self.peer, "mechanism": mechanism},
         )
         return LoginResult(self.session.maildrop_opened(user, listing), maildrop, expire_days)
 
     def _failed(self, user: str | None, mechanism: str, reason: str) -> None:
+        self.ctx.metrics.login(_RESULTS.get(reason, "failed"), mechanism)
+        fields = {"user": printable(user), "client": self.peer, "mechanism": mechanism}
         log.warning(
             "login failed user=%s client=%s mechanism=%s reason=%s",
             printable(user),
             self.peer,
             mechanism,
             reason,
+            extra={**fields, "reason": reason},
         )
 
 
