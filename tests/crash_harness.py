@@ -39,9 +39,13 @@ def make_message(token: str, rng: random.Random) -> bytes:
     line = f"{token} body line with a .dot and From text\n".encode()
     body = (line * (size // len(line) + 1))[:size]
     return (
-        f"From: sender@crash.test\nTo: someone@crash.test\nMessage-ID: <{token}@crash.test>\n"
-        f"Subject: {token}\n\n"
-    ).encode() + body.replace(b"\nt", b"\n.t", 3) + b"\n"
+        (
+            f"From: sender@crash.test\nTo: someone@crash.test\nMessage-ID: <{token}@crash.test>\n"
+            f"Subject: {token}\n\n"
+        ).encode()
+        + body.replace(b"\nt", b"\n.t", 3)
+        + b"\n"
+    )
 
 
 def normal(data: bytes) -> bytes:
@@ -233,6 +237,7 @@ def kill_rounds(
     config: Path,
     ledger: Ledger,
     read_store: Callable[[], dict[str, dict[str, bytes]]],
+    *,
     kills: int,
     seed: int,
 ) -> list[str]:

@@ -74,7 +74,9 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, store: str) -> 
             asyncio.run(mail_store.deliver(user, ledger.contents[token]))
             ledger.delivered[user].add(token)
     assert check_store(ledger, read_all(mail_store)) == []
-    problems = kill_rounds(tmp_path, config, ledger, lambda: read_all(mail_store), KILLS, SEED)
+    problems = kill_rounds(
+        tmp_path, config, ledger, lambda: read_all(mail_store), kills=KILLS, seed=SEED
+    )
     assert problems == [], f"seed {SEED}: " + "\n".join(problems[:30])
     # The workload really ran: messages came and went.
     assert ledger.next_token > 18
