@@ -216,7 +216,8 @@ def pop3_connect(host: str, port: int) -> poplib.POP3:
 
     class Pop3(poplib.POP3):
         def _create_socket(self, timeout: float) -> socket.socket:
-            sock = super()._create_socket(timeout)
+            # (poplib's hook for the connection; typeshed does not list it)
+            sock: socket.socket = super()._create_socket(timeout)  # type: ignore[misc]
             opened.append(sock)
             return sock
 
