@@ -32,6 +32,7 @@ from popbox.storage.location import check_template, user_location
 from popbox.storage.mbox_cache import load_retrievals, save_retrievals
 from popbox.storage.mbox_deliver import DEFAULT_SENDER, append_message
 from popbox.storage.mbox_format import MBOX_FORMATS, MboxFormat, MessageStream, is_separator_at
+from popbox.storage.mbox_journal import recover_append
 from popbox.storage.mbox_lock import MboxLock
 from popbox.storage.mbox_rewrite import rewrite_without
 from popbox.storage.mbox_scan import MboxEntry, MboxSnapshot, take_snapshot
@@ -138,6 +139,7 @@ def _open_session(
     try:
         if lock.fd < 0:
             return lock, MboxSnapshot(size=0, entries=())
+        recover_append(path, lock.fd)  # a delivery cut short by a crash
         try:
             size = os.fstat(lock.fd).st_size
         except OSError as exc:

@@ -11,7 +11,8 @@ preceded by the line ends needed to put an empty line before the separator when 
 does not end with one (a file whose last writer left no empty line, or no final LF). Both
 locks are taken first, waiting up to lock_timeout seconds for a POP3 session to finish. The
 record is written at the end of the file and fsynced; on any failure the file is truncated
-back to its old size, so a message is in the mbox whole or not at all.
+back to its old size, and a crash in the middle is undone by the next locker (the append
+journal, storage/mbox_journal.py), so a message is in the mbox whole or not at all.
 
 Blocking file work: call it from a worker thread.
 """
@@ -27,6 +28,7 @@ from typing import Final
 
 from popbox.storage.base import StoreError
 from popbox.storage.mbox_format import MboxFormat, pread_exact, quote_body
+from popbox.storage.mbox_journal import begin_append, end_append, recover_append
 from popbox.storage.mbox_lock import MboxLock
 
 __all__ = ["DEFAULT_SENDER", "append_message", "build_record"]
@@ -65,6 +67,7 @@ def append_message(
     record = build_record(message, mbox_format, sender, time.time())
     lock = MboxLock.acquire_waiting(path, stale_after=stale_after, timeout=timeout)
     try:
+        recover_append(path, lock.fd)
         _append(lock.fd, path, record)
     finally:
         lock.release()
@@ -82,10 +85,13 @@ def _lead(fd: int, size: int) -> bytes:
 
 def _append(fd: int, path: str, record: bytes) -> None:
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
+        data = _lead(fd, size) + record
+        # A crash from here on leaves a note the next locker undoes (storage/mbox_journal.py).
+        begin_append(path, size, size + len(data), st.st_ino)
     except OSError as exc:
         raise StoreError(f"cannot append to mbox {path!r}: {exc.strerror}") from exc
-    data = _lead(fd, size) + record
     try:
         os.lseek(fd, size, os.SEEK_SET)
         view = memoryview(data)
@@ -97,6 +103,7 @@ def _append(fd: int, path: str, record: bytes) -> None:
         if isinstance(exc, OSError):
             raise StoreError(f"cannot append to mbox {path!r}: {exc.strerror}") from exc
         raise
+    end_append(path)
 
 
 def _truncate_back(fd: int, path: str, size: int) -> None:
