@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Starter
+from conftest import Starter, make_tls_files
 
 from daemon_helpers import children, ids
 from server_helpers import RawClient, launch, write_config, write_maildir
@@ -109,4 +109,23 @@ def test_without_root_only_the_same_user_is_accepted(shared_root: Path) -> None:
     )
     assert result.stdout == (
         f"{config}: user: switching to user 'daemon' needs root (running as uid {NOBODY.pw_uid})\n"
+    )
+
+
+def test_a_tls_key_the_user_cannot_read_stops_the_start(shared_root: Path) -> None:
+    config = setup_files(shared_root)
+    tls = make_tls_files(shared_root / "tls")
+    tls.private_key.chmod(0o600)  # root's alone, as certbot leaves it
+    config.write_text(config.read_text().replace('tls = "none"', 'tls = "implicit"') + tls.toml)
+    result = subprocess.run(
+        [sys.executable, "-m", "popbox", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        f"popbox: {config}: tls: cannot load the certificate and key as user 'nobody': "
+        "[Errno 13] Permission denied\n"
     )
