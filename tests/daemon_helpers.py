@@ -46,9 +46,20 @@ def stopped(pid: int) -> Iterator[None]:
     """SIGSTOP `pid` for the block: it accepts nothing, so another worker must."""
     os.kill(pid, signal.SIGSTOP)
     try:
+        # kill() returns before the stop takes effect: wait for the state to show "T".
+        deadline = time.monotonic() + 10.0
+        while process_state(pid) != "T":
+            assert time.monotonic() < deadline, f"process {pid} did not stop"
+            time.sleep(0.001)
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (proc(5)): "S" sleeping, "T" stopped, ..."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
 
 
 def wait_exit(pid: int, timeout: float = 15.0) -> None:
