@@ -6,6 +6,7 @@ test reads the port from its "listening on" log line; waits are on log lines or 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -80,8 +81,9 @@ class PopboxServer:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
+        """SIGKILL to the process group: the server and any worker processes."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
@@ -109,8 +111,17 @@ def write_config(
 ) -> Path:
     """A config on free ports: one [[listen]] per tls mode in `listeners`; `extra` is TOML
     that follows the [auth] keys (more [auth] keys, then other tables); `mail_extra` is
-    more [mail] keys. Short test failure delays unless `extra` sets its own."""
-    settings: dict[str, object] = {"hostname": HOSTNAME, "idle_timeout": 600} | top
+    more [mail] keys. Short test failure delays unless `extra` sets its own.
+
+    One process (`workers = 1`) unless `top` says otherwise: this is what most tests are
+    about, and it keeps [limits] and throttling (per process) exact; and no drain on
+    SIGTERM (`shutdown_timeout = 0`) unless a test gives one."""
+    settings: dict[str, object] = {
+        "hostname": HOSTNAME,
+        "idle_timeout": 600,
+        "workers": 1,
+        "shutdown_timeout": 0,
+    } | top
     lines = [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
     lines = [line.replace("'", '"') for line in lines]
     listen = "".join(
@@ -144,23 +155,29 @@ def start_popbox(
     extra: str = "",
     listeners: tuple[str, ...] = ("none",),
     mail_extra: str = "",
+    env: dict[str, str] | None = None,
 ) -> PopboxServer:
-    """Write users, Maildirs and a config (top-level keys, extra TOML tables), then launch."""
+    """Write users, Maildirs and a config (top-level keys, extra TOML tables), then launch
+    (with `env` added to the environment)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "users").write_text("".join(f"{u}:{s}\n" for u, s in users.items()))
     for user, messages in (mail or {}).items():
         write_maildir(root / "mail" / user / "Maildir", messages)
     config = write_config(root, top or {}, extra, listeners, mail_extra)
-    return launch(root, config)
+    return launch(root, config, env)
 
 
-def launch(root: Path, config: Path) -> PopboxServer:
+def launch(root: Path, config: Path, env: dict[str, str] | None = None) -> PopboxServer:
+    """`popbox serve` in its own process group (kill() takes its workers too); `env` is
+    added to the environment."""
     process = subprocess.Popen(
         [sys.executable, "-m", "popbox", "serve", "--config", str(config)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=None if env is None else os.environ | env,
+        start_new_session=True,
     )
     watcher = LogWatcher()
     threading.Thread(target=watcher.follow, args=(process.stdout,), daemon=True).start()

@@ -39,6 +39,9 @@ hostname = "pop.example.org"
 idle_timeout = 900
 shutdown_timeout = 2.5
 log_level = "debug"
+workers = 4
+user = "nobody"
+group = "nogroup"
 
 [[listen]]
 address = "0.0.0.0"
@@ -101,6 +104,9 @@ def test_full_file_with_every_key(confdir: Path) -> None:
         idle_timeout=900.0,
         shutdown_timeout=2.5,
         log_level="debug",
+        workers=4,
+        user="nobody",
+        group="nogroup",
         listen=(
             ListenConfig(address="0.0.0.0", port=110, tls="starttls"),
             ListenConfig(address="::", port=995, tls="implicit"),
@@ -126,6 +132,8 @@ def test_defaults(confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.hostname == "host.example.net"
     assert config.idle_timeout == 600.0
     assert config.shutdown_timeout == 10.0
+    assert config.workers == len(os.sched_getaffinity(0))  # the CPUs popbox may use
+    assert (config.user, config.group) == (None, None)
     assert config.log_level == "info"
     assert config.listen == (ListenConfig(address="127.0.0.1", port=1110, tls="none"),)
     assert config.tls == TlsConfig(certificate=None, private_key=None)
@@ -267,6 +275,24 @@ ERRORS = [
         "shutdown_timeout = -1\n",
         "shutdown_timeout: expected a number of seconds >= 0, got -1",
         id="negative",
+    ),
+    pytest.param("workers = 0\n", "workers: expected an integer 1-256, got 0", id="no-workers"),
+    pytest.param(
+        "workers = true\n", "workers: expected an integer 1-256, got true", id="bool-workers"
+    ),
+    pytest.param(
+        "user = 'no-such-user-popbox'\n",
+        "user: no such user: 'no-such-user-popbox'",
+        id="unknown-user",
+    ),
+    pytest.param("user = ''\n", "user: expected a user name, got ''", id="empty-user"),
+    pytest.param(
+        "user = 'nobody'\ngroup = 'no-such-group-popbox'\n",
+        "group: no such group: 'no-such-group-popbox'",
+        id="unknown-group",
+    ),
+    pytest.param(
+        "group = 'nogroup'\n", "group: needs user (the user to run as)", id="group-without-user"
     ),
     pytest.param(
         "[[listen]]\ntls = 'ssl'\n",

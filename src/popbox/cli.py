@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from popbox import __version__
-from popbox.config import Config, ConfigError, check_ports_free, load_config, parse_config
+from popbox.config import Config, ConfigError, load_config, parse_config
 from popbox.demo_data import (
     DEFAULT_DATA_DIR,
     DEFAULT_PORT,
@@ -128,7 +128,6 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"popbox: created {data_dir}/ with a demo user and sample mail", flush=True)
     else:
         config = load_config(args.config)
-    check_ports_free(config)
     setup_logging(config.log_level, config.log_format)
 
     def ready(bound: list[tuple[str, int]]) -> None:
@@ -137,10 +136,9 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"popbox: serving POP3 on 127.0.0.1:{port} from {args.data_dir}/", flush=True)
             print(connect_hint(port), flush=True)
 
-    from popbox.server.app import run, serve  # noqa: PLC0415
+    from popbox.server.daemon import start  # noqa: PLC0415
 
-    run(serve(config, on_ready=ready))
-    return EXIT_OK
+    return start(config, on_ready=ready)
 
 
 def run_cli() -> None:

@@ -44,6 +44,7 @@ def ensure_demo_data(data_dir: Path) -> bool:
 def demo_config(data_dir: Path, port: int = DEFAULT_PORT) -> dict[str, Any]:
     """The embedded default configuration, as the TOML file would say it."""
     return {
+        "workers": 1,  # one process: the demo serves one user
         "listen": [{"address": "127.0.0.1", "port": port, "tls": "none"}],
         "auth": {"passwd_file": "users", "plaintext": "loopback"},
         "mail": {"location": f"maildir:{data_dir.resolve()}/mail/%u/Maildir"},

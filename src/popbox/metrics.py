@@ -244,6 +244,15 @@ def start_metrics_server(config: Config) -> MetricsExporter | None:
     return _serve(config, REGISTRY)
 
 
+def preload() -> None:
+    """Import prometheus-client whole now: `popbox serve` calls this before it gives root
+    up, since the user it becomes may not be able to read the library's files."""
+    import prometheus_client.exposition  # noqa: PLC0415
+    import prometheus_client.multiprocess  # noqa: PLC0415, F401
+
+    current()
+
+
 def multiprocess_dir() -> Path | None:
     """The directory prepared by prepare_multiprocess() (in this process or a parent)."""
     value = os.environ.get(MULTIPROC_ENV)

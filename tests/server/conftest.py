@@ -23,7 +23,8 @@ ALL_MODES = ("none", "starttls", "implicit")
 
 @pytest.fixture
 def popbox(tmp_path: Path) -> Iterator[Starter]:
-    """start(users, mail, **top_level_config) -> a running `popbox serve`."""
+    """start(users, mail, **top_level_config) -> a running `popbox serve` (`env`: more
+    environment variables for it)."""
     started: list[PopboxServer] = []
 
     def start(
@@ -33,11 +34,19 @@ def popbox(tmp_path: Path) -> Iterator[Starter]:
         extra: str = "",
         listeners: tuple[str, ...] = ("none",),
         mail_extra: str = "",
+        env: dict[str, str] | None = None,
         **top: object,
     ) -> PopboxServer:
         root = tmp_path / f"server{len(started)}"
         server = start_popbox(
-            root, users, mail, top=top, extra=extra, listeners=listeners, mail_extra=mail_extra
+            root,
+            users,
+            mail,
+            top=top,
+            extra=extra,
+            listeners=listeners,
+            mail_extra=mail_extra,
+            env=env,
         )
         started.append(server)
         return server

@@ -223,3 +223,33 @@ def test_store_failure_at_login_is_counted(popbox: Starter) -> None:
     assert value(after, "popbox_store_errors_total", operation="open") == 1
     assert value(after, "popbox_logins_total", result="maildrop_unavailable", mechanism="USER") == 1
     assert value(after, "popbox_lock_conflicts_total") == 0
+
+
+def test_workers_metrics_are_summed_by_the_master(popbox: Starter) -> None:
+    """workers = 2: each worker counts into prometheus-client's multiprocess files and the
+    master serves the sum."""
+    from daemon_helpers import served_by, stopped, worker_pids  # noqa: PLC0415
+
+    server = popbox(USERS, {"alice": MESSAGES}, extra=METRICS, workers=2)
+    pids = worker_pids(server)
+    clients = []
+    for busy, free in ((pids[0], pids[1]), (pids[1], pids[0])):
+        with stopped(busy):
+            client = RawClient(server)
+            assert served_by(client) == free
+            clients.append(client)
+    assert clients[0].login("alice", "secret").startswith(b"+OK maildrop has 3")
+    assert clients[1].login("alice", "secret").startswith(b"-ERR [IN-USE]")
+    clients[0].send(b"RETR 1\r\n")
+    assert clients[0].read_multiline().startswith(b"+OK")
+    samples = scrape(server)
+    assert value(samples, "popbox_connections_total") == 2
+    assert value(samples, "popbox_connections_active") == 2
+    assert value(samples, "popbox_logins_total", result="ok", mechanism="USER") == 1
+    assert value(samples, "popbox_logins_total", result="in_use", mechanism="USER") == 1
+    assert value(samples, "popbox_lock_conflicts_total") == 1
+    assert value(samples, "popbox_messages_retrieved_total") == 1
+    for client in clients:
+        assert client.command(b"QUIT").startswith(b"+OK")
+        client.read_until_closed()
+    assert value(scrape(server), "popbox_connections_active") == 0

@@ -189,13 +189,14 @@ def test_logs_name_events_and_never_secrets(popbox: Starter) -> None:
 
 
 def test_sigterm_closes_sessions_without_update(popbox: Starter) -> None:
+    # shutdown_timeout = 0 (the test default): idle sessions are told and closed at once.
     server = popbox(USERS, {"alice": MESSAGES[:3]})
     before = sorted(os.listdir(server.maildir("alice") / "new"))
     client = RawClient(server)
     client.login("alice", "secret")
     assert client.command(b"DELE 1") == b"+OK message 1 deleted\r\n"
     server.process.send_signal(signal.SIGTERM)
-    assert client.read_until_closed() == b""
+    assert client.read_until_closed() == b"-ERR [SYS/TEMP] server shutting down\r\n"
     assert server.process.wait(15) == 0
     assert sorted(os.listdir(server.maildir("alice") / "new")) == before
     server.log.wait_for(r"logout user=alice .*reason=shutdown")

@@ -8,9 +8,11 @@ adds the table path and the file name, so the administrator reads
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import math
 import os
+import pwd
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -247,6 +249,28 @@ def expire_policy(value: object) -> object:
     if value == "never" or (_is_int(value) and value >= 0):
         return value
     raise expected('"never" or a number of days >= 0', value)
+
+
+def system_user(value: object) -> object:
+    """A user name in the system's passwd database (getpwnam, as setuid will need)."""
+    if not isinstance(value, str) or not value:
+        raise expected("a user name", value)
+    try:
+        pwd.getpwnam(value)
+    except KeyError:
+        raise ConfigError(f"no such user: {value!r}") from None
+    return value
+
+
+def system_group(value: object) -> object:
+    """A group name in the system's group database (getgrnam)."""
+    if not isinstance(value, str) or not value:
+        raise expected("a group name", value)
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        raise ConfigError(f"no such group: {value!r}") from None
+    return value
 
 
 def tuple_of(check: Check) -> Check:

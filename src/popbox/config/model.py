@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from popbox.config.checks import (
     optional,
     readable_file,
     seconds,
+    system_group,
+    system_user,
     tuple_of,
 )
 
@@ -41,6 +44,9 @@ LogFormat = Literal["text", "json"]
 
 # RFC 1939 section 3: "the autologout timer MUST be of at least 10 minutes' duration".
 RFC1939_MIN_AUTOLOGOUT = 600.0
+
+# Worker processes at most: far beyond any machine's useful count, a typo's guard.
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,13 +192,30 @@ def _default_hostname() -> str:
     return socket.getfqdn()
 
 
+def _default_workers() -> int:
+    """The CPUs this process may run on (os.process_cpu_count() from Python 3.13)."""
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        return max(1, min(MAX_WORKERS, int(count() or 1)))
+    try:
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    except AttributeError:  # no sched_getaffinity (not Linux)
+        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     auth: AuthConfig
     mail: MailConfig
     hostname: str = field(default_factory=_default_hostname)
     idle_timeout: float = RFC1939_MIN_AUTOLOGOUT
+    # SIGTERM: seconds running sessions get to finish before they are closed without UPDATE.
     shutdown_timeout: float = 10.0
+    # Processes serving connections on the shared listening sockets; 1: no supervisor.
+    workers: int = field(default_factory=_default_workers)
+    # Started as root: after binding, run as this user and group (default: its own group).
+    user: str | None = None
+    group: str | None = None
     listen: tuple[ListenConfig, ...] = field(default_factory=lambda: (ListenConfig(),))
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -205,6 +228,8 @@ class Config:
 
     def __post_init__(self) -> None:
         check_fields(self, _CONFIG_CHECKS)
+        if self.group is not None and self.user is None:
+            raise ConfigError("needs user (the user to run as)", "group")
         self._check_listeners()
 
     @property
@@ -291,6 +316,9 @@ _CONFIG_CHECKS: dict[str, Check] = {
     "hostname": hostname,
     "idle_timeout": seconds(positive=True),
     "shutdown_timeout": seconds(positive=False),
+    "workers": int_range(1, MAX_WORKERS),
+    "user": optional(system_user),
+    "group": optional(system_group),
     "tls": instance_of(TlsConfig),
     "auth": instance_of(AuthConfig),
     "mail": instance_of(MailConfig),

@@ -1,4 +1,5 @@
-"""Refuse to start when a listener's port is taken (`popbox serve` calls this first)."""
+"""Binding listeners as asyncio would, with errors that name the key: a port in use, an
+address not on this host, a port below 1024 without root."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from popbox.config.model import Config, ListenConfig
 def check_ports_free(config: Config) -> None:
     """Bind every listener's address:port as the server will, then let go.
 
-    Run before anything starts, so "port in use" refuses the start instead of failing one
-    listener later. All sockets are held until the end so that two listeners overlapping
-    each other (0.0.0.0:110 and 127.0.0.1:110) are caught too. Port 0 is never busy.
+    The check `popbox serve` makes by binding for real (server/listeners.py keeps the
+    sockets), for callers that must not keep them. All sockets are held until the end so
+    that two listeners overlapping each other (0.0.0.0:110 and 127.0.0.1:110) are caught
+    too. Port 0 is never busy.
     """
     source = str(config.source) if config.source is not None else None
     held: list[socket.socket] = []
@@ -25,7 +27,7 @@ def check_ports_free(config: Config) -> None:
             if listener.port == 0:
                 continue
             try:
-                held.extend(_bind_listener(listener))
+                held.extend(bind_listener(listener))
             except ConfigError as error:
                 raise error.within(f"listen[{index}]", source) from None
         lmtp = config.lmtp
@@ -33,14 +35,14 @@ def check_ports_free(config: Config) -> None:
             # LMTP binds 127.0.0.1 unless told otherwise (it has no authentication).
             as_listener = ListenConfig(address=lmtp.address or "127.0.0.1", port=lmtp.port)
             try:
-                held.extend(_bind_listener(as_listener))
+                held.extend(bind_listener(as_listener))
             except ConfigError as error:
                 raise error.within("lmtp", source) from None
         metrics = config.metrics
         if metrics is not None and metrics.port:
             as_listener = ListenConfig(address=metrics.address, port=metrics.port)
             try:
-                held.extend(_bind_listener(as_listener))
+                held.extend(bind_listener(as_listener))
             except ConfigError as error:
                 raise error.within("metrics", source) from None
     finally:
@@ -48,7 +50,9 @@ def check_ports_free(config: Config) -> None:
             sock.close()
 
 
-def _bind_listener(listener: ListenConfig) -> list[socket.socket]:
+def bind_listener(listener: ListenConfig) -> list[socket.socket]:
+    """Sockets bound and listening on every address `listener` resolves to, with the
+    options asyncio's create_server sets; a ConfigError names the key at fault."""
     try:
         infos = socket.getaddrinfo(
             listener.address, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE

@@ -45,6 +45,7 @@ __all__ = [
     "LmtpProtocol",
     "LmtpServer",
     "Recipient",
+    "bind_unix_socket",
     "start_lmtp",
 ]
 
@@ -257,8 +258,9 @@ class LmtpServer:
 
     server: asyncio.AbstractServer
     address: tuple[str, int] | None
-    path: str | None
+    path: str | None  # unlinked by close(); None for a socket someone else bound
     connections: set[LmtpProtocol]
+    handler: LmtpHandler
 
     async def close(self) -> None:
         """Stop listening and close every connection. A client cut off before its replies
@@ -272,7 +274,7 @@ class LmtpServer:
                 os.unlink(self.path)
 
 
-def _bind_unix(path: str) -> socket.socket:
+def bind_unix_socket(path: str) -> socket.socket:
     """A unix stream socket bound at `path` with UNIX_SOCKET_MODE before it listens, so no
     client connects while the mode is still the umask's."""
     with contextlib.suppress(FileNotFoundError):
@@ -297,14 +299,16 @@ async def start_lmtp(
     path: str | None,
     max_message_size: int,
     hostname: str,
+    sock: socket.socket | None = None,
 ) -> LmtpServer:
     """Listen for LMTP on the running event loop: on a unix socket at `path` (mode 0660),
-    or on TCP `address` (default 127.0.0.1) and `port` (0: any free port).
+    or on TCP `address` (default 127.0.0.1) and `port` (0: any free port), or on `sock`,
+    already bound (worker processes share one; its binder unlinks a unix socket's path).
 
     `max_message_size` is announced as SIZE and enforced (0: no limit); `hostname` is
     the greeting's. Raises OSError if the socket cannot be bound.
     """
-    if (path is None) == (port is None):
+    if sock is None and (path is None) == (port is None):
         raise ValueError("give either port (with address) or path")
     loop = asyncio.get_running_loop()
     handler = LmtpHandler(store, authenticator)
@@ -319,9 +323,15 @@ async def start_lmtp(
             loop=loop,
         )
 
+    if sock is not None and sock.family == socket.AF_UNIX:
+        server = await loop.create_unix_server(protocol, sock=sock)
+        return LmtpServer(server, None, None, connections, handler)
     if path is not None:
-        server = await loop.create_unix_server(protocol, sock=_bind_unix(path))
-        return LmtpServer(server, None, path, connections)
-    server = await loop.create_server(protocol, host=address or DEFAULT_ADDRESS, port=port)
+        server = await loop.create_unix_server(protocol, sock=bind_unix_socket(path))
+        return LmtpServer(server, None, path, connections, handler)
+    if sock is not None:
+        server = await loop.create_server(protocol, sock=sock)
+    else:
+        server = await loop.create_server(protocol, host=address or DEFAULT_ADDRESS, port=port)
     host, bound_port = server.sockets[0].getsockname()[:2]
-    return LmtpServer(server, (host, bound_port), None, connections)
+    return LmtpServer(server, (host, bound_port), None, connections, handler)

@@ -173,6 +173,11 @@ class Pop3Session(TransactionCommands):
         self._finish_login()
         return Reply(replies.err("[SYS/TEMP] authentication is temporarily unavailable"))
 
+    def shutting_down(self) -> Reply:
+        """The server is stopping while the client is between commands: RFC 3206 section 4
+        [SYS/TEMP], the problem is temporary; the connection then closes without UPDATE."""
+        return Reply(replies.err("[SYS/TEMP] server shutting down"))
+
     def auth_blocked(self) -> Reply:
         """Too many failures for this user or address: refused for a while."""
         self._finish_login()

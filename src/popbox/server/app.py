@@ -1,4 +1,4 @@
-"""Running the server: listeners, signals, shutdown."""
+"""Running the server in one process: what sessions share, signals, reloads, draining."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import pickle
 import signal
-from collections.abc import Callable, Coroutine
+import socket
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from popbox.auth.oauth import BearerVerifier, OAuthConfig
@@ -17,6 +20,7 @@ from popbox.config import Config
 from popbox.delivery.lmtp import LmtpServer, start_lmtp
 from popbox.metrics import served_by_master, start_metrics_server
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS
+from popbox.server import sdnotify
 from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
     OAUTH_MECHANISMS,
@@ -24,6 +28,8 @@ from popbox.server.context import (
     ServerContext,
     SessionPolicy,
 )
+from popbox.server.listeners import LISTEN_BACKLOG, Listeners
+from popbox.server.reload import reload_config
 from popbox.server.tls import TlsManager
 from popbox.storage.base import MaildropStore
 from popbox.storage.maildir import MaildirStore
@@ -77,9 +83,9 @@ def make_store(config: Config) -> MaildropStore:
     return MaildirStore(mail.path_template, uidl_format=mail.uidl_format, xuidl=mail.xuidl)
 
 
-def make_context(config: Config) -> ServerContext:
+def make_policy(config: Config) -> SessionPolicy:
     auth = config.auth
-    policy = SessionPolicy(
+    return SessionPolicy(
         hostname=config.hostname,
         idle_timeout=config.idle_timeout,
         plaintext=auth.plaintext,
@@ -92,33 +98,54 @@ def make_context(config: Config) -> ServerContext:
         expire_days=config.mail.expire_days if isinstance(config.mail.expire_days, int) else None,
         workarounds=frozenset(config.client_workarounds),
     )
-    throttle = LoginThrottle(
-        ThrottleConfig(
-            failure_delay=auth.failure_delay,
-            failure_delay_max=auth.failure_delay_max,
-            max_failures=auth.max_failures,
-            failure_window=auth.failure_window,
-            block_time=auth.block_time,
-        )
+
+
+def make_throttle_config(config: Config) -> ThrottleConfig:
+    auth = config.auth
+    return ThrottleConfig(
+        failure_delay=auth.failure_delay,
+        failure_delay_max=auth.failure_delay_max,
+        max_failures=auth.max_failures,
+        failure_window=auth.failure_window,
+        block_time=auth.block_time,
     )
+
+
+def make_context(config: Config) -> ServerContext:
+    login_delay = config.auth.login_delay
     tls = None
     if config.tls.certificate is not None and config.tls.private_key is not None:
         tls = TlsManager(config.tls.certificate, config.tls.private_key, config.tls.min_version)
     return ServerContext(
-        policy=policy,
+        policy=make_policy(config),
         authenticator=make_authenticator(config),
         store=make_store(config),
-        throttle=throttle,
-        login_delays=None if auth.login_delay is None else LoginDelayTracker(auth.login_delay),
+        throttle=LoginThrottle(make_throttle_config(config)),
+        login_delays=None if login_delay is None else LoginDelayTracker(login_delay),
         tls=tls,
     )
 
 
-async def serve(
-    config: Config, *, on_ready: Callable[[list[tuple[str, int]]], None] | None = None
-) -> None:
-    """Serve until SIGTERM or SIGINT; then stop accepting and close every session
-    without UPDATE (nothing is deleted), releasing every maildrop lock."""
+def apply_config(ctx: ServerContext, config: Config, lmtp: Sequence[LmtpServer] = ()) -> None:
+    """A reloaded configuration (server/reload.py) for new sessions and logins; running
+    sessions keep their settings. Throttling state is kept, the users file re-read."""
+    ctx.policy = make_policy(config)
+    ctx.authenticator = make_authenticator(config)
+    for server in lmtp:
+        server.handler.authenticator = ctx.authenticator
+    ctx.throttle.config = make_throttle_config(config)
+    login_delay = config.auth.login_delay
+    if login_delay is None:
+        ctx.login_delays = None
+    elif ctx.login_delays is None or ctx.login_delays.login_delay != login_delay:
+        ctx.login_delays = LoginDelayTracker(login_delay)
+    tls = config.tls
+    if ctx.tls is not None and tls.certificate is not None and tls.private_key is not None:
+        ctx.tls.reload(tls.certificate, tls.private_key, tls.min_version)
+    logging.getLogger().setLevel(config.log_level.upper())
+
+
+def startup_warnings(config: Config) -> None:
     if config.idle_timeout < RFC1939_MIN_IDLE_TIMEOUT:
         log.warning(
             "idle_timeout = %g s is below RFC 1939 section 3's minimum autologout timer "
@@ -127,85 +154,190 @@ async def serve(
         )
     if config.auth.plaintext == "always":
         log.warning('auth.plaintext = "always": passwords may cross the network unencrypted')
-    ctx = make_context(config)
+
+
+async def serve(
+    config: Config,
+    listeners: Listeners,
+    *,
+    ctx: ServerContext | None = None,
+    control: socket.socket | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """One process's event loop on the bound `listeners`, until SIGTERM or SIGINT; then
+    drain (stop accepting, give sessions shutdown_timeout seconds, close the rest without
+    UPDATE: nothing is deleted, every maildrop lock is released).
+
+    Alone (`control` is None) this process is the whole server: it logs "ready", tells
+    systemd, and reloads on SIGHUP. A worker (server/workers.py) reports to its master over
+    `control` instead, takes reloaded configurations from it, and drains when it goes away.
+    """
+    ctx = ctx or make_context(config)
     loop = asyncio.get_running_loop()
     servers = []
-    bound: list[tuple[str, int]] = []
-    for listener in config.listen:
-        implicit = listener.tls == "implicit" and ctx.tls is not None
+    for entry in listeners.pop3:
+        implicit = entry.listener.tls == "implicit" and ctx.tls is not None
         server = await loop.create_server(
-            functools.partial(Pop3Connection, ctx, listener.tls),
-            listener.address,
-            listener.port,
-            reuse_address=True,
-            backlog=1024,
+            functools.partial(Pop3Connection, ctx, entry.listener.tls),
+            sock=entry.sock,
+            backlog=LISTEN_BACKLOG,
             # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first.
             ssl=ctx.tls.listener_context if implicit and ctx.tls else None,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
         )
         servers.append(server)
-        for sock in server.sockets:
-            host, port = sock.getsockname()[:2]
-            bound.append((host, port))
-            log.info("listening on %s:%d (tls=%s)", host, port, listener.tls)
-    lmtp = await start_delivery(config, ctx)
+    lmtp = [await start_delivery(config, ctx, sock) for sock in listeners.lmtp]
     # With worker processes the master serves the metrics of all (popbox/metrics.py).
     exporter = None if served_by_master() else start_metrics_server(config)
     if exporter is not None:
         log.info("metrics listening on %s:%d", *exporter.address)
-    stop = asyncio.Event()
+    running = _Running(config, ctx, lmtp)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    if ctx.tls is not None:
-        # SIGHUP: new TLS files for new connections; running sessions keep theirs.
-        loop.add_signal_handler(signal.SIGHUP, ctx.tls.reload)
-    log.info("ready")
-    if on_ready is not None:
-        on_ready(bound)
-    await stop.wait()
-    log.info("shutting down: closing %d sessions without UPDATE", len(ctx.tasks))
-    for server in servers:
-        server.close()
-    if lmtp is not None:
-        await lmtp.close()
+        loop.add_signal_handler(signum, running.stop.set)
+    if control is None:
+        loop.add_signal_handler(signal.SIGHUP, running.reload_from_file)
+    else:
+        control.setblocking(False)
+        loop.add_reader(control.fileno(), running.from_master, control)
+    # A worker is forked with these blocked, so none arrives before its handler is set.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    if control is None:
+        log.info("ready")
+        sdnotify.ready()
+        if on_ready is not None:
+            on_ready()
+    else:
+        control.send(MSG_READY)
+    await running.stop.wait()
+    if control is None:
+        sdnotify.stopping()
+    else:
+        loop.remove_reader(control.fileno())
+    await drain(ctx, servers, lmtp, running.config.shutdown_timeout)
     if exporter is not None:
         exporter.close()
-    for task in list(ctx.tasks):
+    if control is None:
+        listeners.remove_unix_socket()
+        log.info("stopped")
+
+
+# Worker <-> master messages (server/workers.py), one datagram each on a SOCK_SEQPACKET pair.
+MSG_READY = b"ready"  # worker: listening
+MSG_RELOAD = b"reload"  # master: + the pickled Config to apply
+MSG_RELOADED = b"reloaded"  # worker: applied it
+HANDLED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+class _Running:
+    """What a reload changes in a running event loop."""
+
+    def __init__(self, config: Config, ctx: ServerContext, lmtp: list[LmtpServer]) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.lmtp = lmtp
+        self.stop = asyncio.Event()
+
+    def reload_from_file(self) -> None:
+        """SIGHUP in a single process: re-read the file, apply what can change live."""
+        if self.stop.is_set():
+            return
+        sdnotify.reloading()
+        self.config = reload_config(self.config)
+        apply_config(self.ctx, self.config, self.lmtp)
+        sdnotify.ready()
+
+    def from_master(self, control: socket.socket) -> None:
+        try:
+            message = control.recv(MAX_CONTROL_MESSAGE)
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        if not message:  # the master is gone: finish like on SIGTERM
+            log.warning("worker pid=%d: the master process is gone; shutting down", os.getpid())
+            asyncio.get_running_loop().remove_reader(control.fileno())
+            self.stop.set()
+            return
+        if message.startswith(MSG_RELOAD) and not self.stop.is_set():
+            # From our own parent over a private socketpair: trusted like our own memory.
+            self.config = pickle.loads(message[len(MSG_RELOAD) :])
+            apply_config(self.ctx, self.config, self.lmtp)
+            with contextlib.suppress(OSError):
+                control.send(MSG_RELOADED)
+
+
+# A pickled Config is a few KiB; a datagram larger than this is not from our master.
+MAX_CONTROL_MESSAGE = 1 << 20
+
+# Seconds sessions told to go (past shutdown_timeout) get to write their -ERR and close,
+# and those in the middle of a command to finish it, before they are cut off.
+CLOSE_GRACE = 1.0
+
+
+async def drain(
+    ctx: ServerContext,
+    servers: Sequence[asyncio.Server],
+    lmtp: Sequence[LmtpServer],
+    timeout: float,
+) -> None:
+    """Stop accepting, wait up to `timeout` seconds for the sessions to end, then close
+    what is left without UPDATE (idle sessions are told -ERR [SYS/TEMP] first)."""
+    for server in servers:
+        server.close()
+    for delivery in lmtp:
+        delivery.server.close()
+    loop = asyncio.get_running_loop()
+    log.info(
+        "shutting down pid=%d: not accepting; %d sessions have up to %g s to finish",
+        os.getpid(),
+        len(ctx.tasks),
+        timeout,
+    )
+    deadline = loop.time() + timeout
+    while ctx.tasks and (left := deadline - loop.time()) > 0:
+        await asyncio.wait(set(ctx.tasks), timeout=left)
+    if ctx.tasks:
+        log.info("shutdown_timeout reached: closing %d sessions without UPDATE", len(ctx.tasks))
+        ctx.close_idle_sessions()
+        await asyncio.wait(set(ctx.tasks), timeout=CLOSE_GRACE)
+    busy = set(ctx.tasks)
+    if busy:
+        log.warning("cutting off %d sessions in the middle of a command", len(busy))
+    for task in busy:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        await asyncio.gather(*busy, return_exceptions=True)
+    for delivery in lmtp:
+        await delivery.close()
     for server in servers:
         await server.wait_closed()
-    log.info("stopped")
 
 
-async def start_delivery(config: Config, ctx: ServerContext) -> LmtpServer | None:
-    """The [lmtp] listener (RFC 2033), delivering through the same store."""
+async def start_delivery(config: Config, ctx: ServerContext, sock: socket.socket) -> LmtpServer:
+    """The [lmtp] listener (RFC 2033) on its bound socket, delivering through the store."""
     lmtp = config.lmtp
-    if lmtp is None:
-        return None
-    server = await start_lmtp(
+    assert lmtp is not None
+    return await start_lmtp(
         store=ctx.store,
         authenticator=ctx.authenticator,
-        address=lmtp.address,
-        port=lmtp.port,
-        path=None if lmtp.path is None else str(lmtp.path),
+        address=None,
+        port=None,
+        path=None,
         max_message_size=lmtp.max_message_size,
         hostname=config.hostname,
+        sock=sock,
     )
-    if server.address is not None:
-        log.info("lmtp listening on %s:%d", *server.address)
-    else:
-        log.info("lmtp listening on %s", server.path)
-    return server
 
 
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed (DESIGN: asyncio, uvloop when available)."""
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (DESIGN: asyncio, uvloop when available)."""
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:
-        asyncio.run(main)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return None
+    return uvloop.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(main)

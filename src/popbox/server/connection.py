@@ -196,7 +196,7 @@ class Pop3Connection(asyncio.Protocol):
         assert self._transport is not None
         bind_session(session=self.session_id, client=self.peer)  # for JSON logs
         log.info("connect client=%s", self.peer)
-        reason = "closed"
+        reason, abort = "closed", False  # abort: cut off (shutdown past its grace)
         session: Pop3Session | None = None
         try:
             if self._tls:
@@ -215,17 +215,18 @@ class Pop3Connection(asyncio.Protocol):
             reason = "disconnected"
         except asyncio.CancelledError:
             reason = "shutdown"
+            abort = True
             raise
         except Exception:
             reason = "internal error"
             log.exception("internal error client=%s", self.peer)
         finally:
-            await self._finish(session, reason)
+            await self._finish(session, reason, abort)
 
-    async def _finish(self, session: Pop3Session | None, reason: str) -> None:
+    async def _finish(self, session: Pop3Session | None, reason: str, abort: bool) -> None:
         await self._release()
         assert self._transport is not None
-        if reason in ("internal error", "shutdown", "autologout"):
+        if abort or reason in ("internal error", "autologout"):
             self._transport.abort()
         else:
             self._transport.close()
@@ -255,9 +256,13 @@ class Pop3Connection(asyncio.Protocol):
                 if self._lost or self._eof:
                     return "disconnected"
                 await self._drain()
-                if not await self._wait_for_data(last_command + idle_timeout - loop.time()):
+                woken = await self._wait_for_data(last_command + idle_timeout - loop.time())
+                if woken == "autologout":
                     log.info("autologout user=%s client=%s", printable(session.user), self.peer)
-                    return "autologout"
+                    return woken
+                if woken == "shutdown":
+                    self._write(session.shutting_down().data)
+                    return woken
                 continue
             last_command = loop.time()
             if isinstance(event, CloseConnection):
@@ -303,19 +308,25 @@ class Pop3Connection(asyncio.Protocol):
             bind_session(session=self.session_id, client=self.peer, user=printable(session.user))
         return result.event
 
-    async def _wait_for_data(self, timeout: float) -> bool:
-        """Wait for bytes; False when the autologout timer (RFC 1939 section 3) ran out."""
+    async def _wait_for_data(self, timeout: float) -> str | None:
+        """Wait for bytes (None); "autologout" when the autologout timer (RFC 1939 section
+        3) ran out, "shutdown" when the server is closing idle sessions."""
         assert self._transport is not None
         self._data_arrived.clear()
         if self._transport.is_reading() is False and not self._lost:
             self._transport.resume_reading()
+        if self._ctx.closing:
+            return "shutdown"
         if timeout <= 0:
-            return False
+            return "autologout"
+        self._ctx.idle.add(self._data_arrived)
         try:
             await asyncio.wait_for(self._data_arrived.wait(), timeout)
         except TimeoutError:
-            return False
-        return True
+            return "autologout"
+        finally:
+            self._ctx.idle.discard(self._data_arrived)
+        return "shutdown" if self._ctx.closing else None
 
     async def _retrieve(self, session: Pop3Session, event: Retrieve) -> None:
         """Stream one message (shared/DESIGN.md: a store failure before +OK is -ERR; after

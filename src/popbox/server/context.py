@@ -59,7 +59,16 @@ class ServerContext:
     metrics: ServerMetrics = field(default_factory=current)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Shutdown past shutdown_timeout: sessions waiting for a command (their wake-up events
+    # are in `idle`) are told -ERR [SYS/TEMP] and closed, without UPDATE.
+    closing: bool = False
+    idle: set[asyncio.Event] = field(default_factory=set)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
+
+    def close_idle_sessions(self) -> None:
+        self.closing = True
+        for wake in self.idle:
+            wake.set()
 
     def apop_timestamp(self) -> str:
         """RFC 1939 section 7: "<process-ID.clock@hostname>", unique per connection."""

@@ -77,12 +77,27 @@ class TlsManager:
     ) -> None:
         connection.context = self.current.context
 
-    def reload(self) -> bool:
+    def reload(
+        self,
+        certificate: Path | None = None,
+        private_key: Path | None = None,
+        min_version: str | None = None,
+    ) -> bool:
+        """Load the files again (or new ones, from a reloaded config) for new connections."""
+        files = (
+            certificate or self._files[0],
+            private_key or self._files[1],
+            min_version or self._files[2],
+        )
         try:
-            material = load_material(*self._files)
+            material = load_material(*files)
         except (OSError, ssl.SSLError, ValueError) as error:
             log.error("TLS reload failed, keeping the old certificate: %s", error)
             return False
+        self._files = files
         self.current = material
-        log.info("TLS certificate and key reloaded from %s", self._files[0])
+        # The version floor is the listening context's: switching contexts in the
+        # servername callback does not change what the handshake already allows.
+        self.listener_context.minimum_version = _VERSIONS[files[2]]
+        log.info("TLS certificate and key reloaded from %s", files[0])
         return True
