@@ -125,15 +125,30 @@ class PostgresServer:
         """Run one statement as the superuser (over the unix socket); the rows."""
 
         async def run() -> list[Any]:
-            conn = await asyncpg.connect(
-                host=str(self.directory), port=self.port, user=SUPERUSER, database=database
-            )
+            conn = await self._connect(database)
             try:
                 return list(await conn.fetch(query, *args))
             finally:
                 await conn.close()
 
         return asyncio.run(run())
+
+    def script(self, statements: str, *, database: str) -> None:
+        """Run several statements (no parameters) as the superuser."""
+
+        async def run() -> None:
+            conn = await self._connect(database)
+            try:
+                await conn.execute(statements)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    async def _connect(self, database: str) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            host=str(self.directory), port=self.port, user=SUPERUSER, database=database
+        )
 
     def create_database(self, name: str, template: str = TEMPLATE) -> None:
         # FILE_COPY: a plain directory copy, much faster than WAL_LOG for small databases.
@@ -217,3 +232,65 @@ def pg_empty_url(pg_server: PostgresServer) -> Iterator[str]:
     if not pg_server.running():
         pg_server.start()
     pg_server.drop_database(name)
+
+
+# --- `popbox serve` on PostgreSQL (tests/server/test_serve_postgresql*.py, test_cli) -----
+
+
+def write_pg_config(
+    root: Path,
+    mail: str,
+    *,
+    users_url: str | None = None,
+    users: dict[str, str] | None = None,
+    extra: str = "",
+) -> Path:
+    """A config on a free port with `[mail] location = mail` and the users either in the
+    database at `users_url` or in a passwd-file holding `users`; `extra` is more TOML."""
+    from server_helpers import HOSTNAME  # noqa: PLC0415
+
+    root.mkdir(parents=True, exist_ok=True)
+    if users_url is not None:
+        auth = f'database = "{users_url}"\n'
+    else:
+        (root / "users").write_text("".join(f"{u}:{s}\n" for u, s in (users or {}).items()))
+        auth = 'passwd_file = "users"\n'
+    config = root / "popbox.toml"
+    config.write_text(
+        f'hostname = "{HOSTNAME}"\nidle_timeout = 600\n'
+        '[[listen]]\naddress = "127.0.0.1"\nport = 0\n'
+        f'[mail]\nlocation = "{mail}"\n'
+        f"[auth]\n{auth}failure_delay = 0.3\nfailure_delay_max = 0.3\n" + extra
+    )
+    return config
+
+
+def deliver(url: str, user: str, messages: Sequence[bytes]) -> None:
+    """Put messages into `user`'s maildrop through the store, as a delivery would."""
+    from popbox.storage.postgresql import PostgresStore  # noqa: PLC0415
+
+    async def run() -> None:
+        store = PostgresStore(url)
+        try:
+            for message in messages:
+                await store.deliver(user, message)
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
+
+
+def add_users(url: str, users: dict[str, tuple[str, str]]) -> None:
+    """{name: (password, scheme)} into the users table, as `popbox user add` does."""
+    from popbox.auth import pgusers  # noqa: PLC0415
+    from popbox.db.database import Database  # noqa: PLC0415
+
+    async def run() -> None:
+        db = Database(url)
+        try:
+            for name, (password, scheme) in users.items():
+                await pgusers.add_user(db, name, password, scheme)
+        finally:
+            await db.close()
+
+    asyncio.run(run())
