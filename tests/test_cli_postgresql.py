@@ -130,3 +130,20 @@ def test_import_command_errors(
     assert capsys.readouterr().out == (
         f"imported 1 messages from mbox:{mbox} into the maildrop of alice (0 already there)\n"
     )
+
+
+def test_file_stores_do_not_load_the_database_driver(tmp_path: Path) -> None:
+    """Importing asyncpg costs about 0.25 s: `popbox deliver` on a Maildir, run once per
+    message by the MTA, must not pay it."""
+    config = write_pg_config(tmp_path, "maildir:mail/%u/Maildir", users={"alice": "{PLAIN}x"})
+    command = [sys.executable, "-X", "importtime", "-m", "popbox", "deliver"]
+    done = subprocess.run(
+        [*command, "--config", str(config), "alice"],
+        input=b"Subject: x\n\nx\n",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"| asyncpg" not in done.stderr
+    assert len(list((tmp_path / "mail" / "alice" / "Maildir" / "new").iterdir())) == 1

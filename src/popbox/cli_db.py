@@ -1,7 +1,7 @@
 """`popbox db migrate`, `popbox import` and `popbox user ...` against PostgreSQL.
 
 Every message shows database URLs redacted: a password in a URL never reaches the
-terminal or a log.
+terminal or a log. asyncpg is imported only when a command needs it (see db/startup.py).
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from popbox.config import Config, ConfigError, load_config
-from popbox.db.database import DB_ERRORS, Database, DatabaseUnavailable, describe
-from popbox.db.migrations import SCHEMA_VERSION, SchemaTooNew, migrate
 from popbox.db.startup import close_backends, database_urls
 from popbox.db.url import check_database_url
+
+if TYPE_CHECKING:
+    from popbox.db.database import Database
 
 _T = TypeVar("_T")
 
@@ -69,6 +70,9 @@ def db_command(args: argparse.Namespace) -> int:
 
 
 async def _migrate(url: str) -> bool:
+    from popbox.db.database import DB_ERRORS, Database, DatabaseUnavailable, describe  # noqa: PLC0415
+    from popbox.db.migrations import SCHEMA_VERSION, SchemaTooNew, migrate  # noqa: PLC0415
+
     db = Database(url)
     try:
         conn = await db.connect()
@@ -105,6 +109,7 @@ def import_command(args: argparse.Namespace) -> int:
 
 
 async def _import(args: argparse.Namespace, config: Config) -> int:
+    from popbox.db.database import DatabaseUnavailable  # noqa: PLC0415
     from popbox.server.app import make_authenticator  # noqa: PLC0415
     from popbox.storage.base import StoreError  # noqa: PLC0415
     from popbox.storage.postgresql import PostgresStore  # noqa: PLC0415
@@ -160,6 +165,7 @@ def user_db_command(args: argparse.Namespace, url: str, password: Callable[[], s
     """`popbox user add|passwd|del|list` on the users table at `url`."""
     from popbox.auth import pgusers, schemes  # noqa: PLC0415
     from popbox.auth.usernames import InvalidUsername  # noqa: PLC0415
+    from popbox.db.database import Database, DatabaseUnavailable  # noqa: PLC0415
 
     db = Database(url)
     action: str = args.action

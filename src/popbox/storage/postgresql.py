@@ -121,9 +121,8 @@ class PostgresStore:
             if isinstance(exc, DB_ERRORS):
                 raise StoreError(f"{self.db.display}: {describe(exc)}") from exc
             raise
-        listing = [
-            MessageInfo(str(row[0]), row[1], row[2], row[3]) for row in rows
-        ]  # key: messages.id
+        # The key is messages.id: the listing order, and what read() and delete() use.
+        listing = [MessageInfo(str(row[0]), row[1], row[2], row[3]) for row in rows]
         return PostgresMaildrop(conn, name, maildrop_id, listing)
 
     async def deliver(self, user: str, message: bytes) -> None:
