@@ -155,9 +155,11 @@ def test_in_use_across_two_servers_and_released_when_one_is_killed(
 
 
 def test_users_from_the_database_and_lmtp_delivery(
-    serve: Serve, tmp_path: Path, pg_url: str
+    serve: Serve, tmp_path: Path, pg_server: PostgresServer, pg_url: str, pg_database: str
 ) -> None:
     add_users(pg_url, {"alice": ("secret", "PLAIN"), "bob": ("bob's pw", "SSHA512")})
+    # alice's own EXPIRE (RFC 2449 section 6.7): a column, like userdb_expire_days.
+    pg_server.sql("UPDATE users SET expire_days = 0 WHERE name = 'alice'", database=pg_database)
     config = write_pg_config(tmp_path, pg_url, users_url=pg_url, extra="[lmtp]\nport = 0\n")
     server = serve(config)
     port = int(server.log.wait_for(r"lmtp listening on 127\.0\.0\.1:(\d+)").group(1))
@@ -169,10 +171,11 @@ def test_users_from_the_database_and_lmtp_delivery(
     # USER/PASS and APOP for the PLAIN user, USER/PASS for the hashed one.
     alice = poplib.POP3(server.host, server.port, timeout=10)
     assert alice.apop("alice", "secret").startswith(b"+OK maildrop has 1 messages")
+    assert alice.capa()["EXPIRE"] == ["0"]
     top = b"Return-Path: <s@example.org>\r\nDelivered-To: %s\r\n"
     _, lines, _ = alice.retr(1)
     assert b"".join(line + b"\r\n" for line in lines) == top % b"alice" + message
-    alice.quit()
+    assert alice.quit() == b"+OK POP3 server signing off (0 messages left)"  # expired
     bob = RawClient(server)
     assert bob.login("bob", "bob's pw").startswith(b"+OK maildrop has 1 messages")
     bob.send(b"RETR 1\r\n")
@@ -191,7 +194,7 @@ def test_users_from_the_database_and_lmtp_delivery(
     assert popbox_deliver("alice") == 0
     assert popbox_deliver("alice", "nobody") == 67  # nobody gets it, alice neither
     again = RawClient(server)
-    assert again.login("alice", "secret").startswith(b"+OK maildrop has 2 messages")
+    assert again.login("alice", "secret").startswith(b"+OK maildrop has 1 messages")
 
 
 def test_database_unreachable_from_the_start(serve: Serve, tmp_path: Path) -> None:
