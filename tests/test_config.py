@@ -176,6 +176,7 @@ def test_relative_paths_resolve_against_the_config_files_directory(
     monkeypatch.chdir(elsewhere)
     config = load_config(Path("../sub/popbox.toml"))  # the file named relative to the cwd
     assert config.source == Path("../sub/popbox.toml")
+    assert config.auth.passwd_file is not None
     assert config.auth.passwd_file.is_absolute()
     assert config.auth.passwd_file.resolve() == (confdir / "passwd").resolve()
     template = config.mail.path_template
@@ -381,7 +382,7 @@ REPLACED = [
     ),
     pytest.param(
         ('passwd_file = "passwd"', ""),
-        "auth.passwd_file: required key is missing",
+        "auth.passwd_file: required key is missing (or give auth.database)",
         id="missing-required",
     ),
     pytest.param(("[auth]", "[authx]"), "authx: unknown key (did you mean 'auth'?)", id="table"),
@@ -405,20 +406,46 @@ REPLACED = [
         id="mbox-no-user",
     ),
     pytest.param(
-        ("maildir:mail/%u", "postgresql:dbname=mail"),
-        "mail.location: the 'postgresql:' scheme is not supported yet (only 'maildir:' and "
-        "'mbox:'), "
-        "got 'postgresql:dbname=mail'",
-        id="postgresql-later",
+        ("maildir:mail/%u", "postgresql:dbname=mail password=hunter2"),
+        "mail.location: expected a URL starting with 'postgresql://' or 'postgres://'",
+        id="postgresql-keyword-form",
+    ),
+    pytest.param(
+        ("maildir:mail/%u", "postgresql://popbox:hunter2@db:99999/mail"),
+        "mail.location: not a valid PostgreSQL URL (a port must be a number 1-65535): "
+        "postgresql://popbox:***@db:99999/mail",
+        id="postgresql-bad-port",
+    ),
+    pytest.param(
+        ("maildir:mail/%u", "postgresql://popbox:hunter2@db/mail#x"),
+        "mail.location: a PostgreSQL URL has no '#' fragment: postgresql://popbox:***@db/mail",
+        id="postgresql-fragment",
+    ),
+    pytest.param(
+        ('passwd_file = "passwd"', 'passwd_file = "passwd"\ndatabase = "postgresql://db/u"'),
+        "auth.database: give passwd_file or database, not both",
+        id="users-twice",
+    ),
+    pytest.param(
+        ('passwd_file = "passwd"', 'database = "mysql://u:hunter2@db/u"'),
+        "auth.database: expected a URL starting with 'postgresql://' or 'postgres://'",
+        id="users-not-postgresql",
+    ),
+    pytest.param(
+        ('passwd_file = "passwd"', "database = 5"),
+        "auth.database: expected a URL starting with 'postgresql://' or 'postgres://'",
+        id="users-not-a-string",
     ),
     pytest.param(
         ("maildir:mail/%u", "/var/mail/%u"),
-        "mail.location: expected 'maildir:<path>' or 'mbox:<path>', got '/var/mail/%u'",
+        "mail.location: expected 'maildir:<path>', 'mbox:<path>' or 'postgresql://...', "
+        "got '/var/mail/%u'",
         id="no-scheme",
     ),
     pytest.param(
         ("maildir:mail/%u", "maildir:"),
-        "mail.location: expected 'maildir:<path>' or 'mbox:<path>', got 'maildir:'",
+        "mail.location: expected 'maildir:<path>', 'mbox:<path>' or 'postgresql://...', "
+        "got 'maildir:'",
         id="no-path",
     ),
     pytest.param(
@@ -546,6 +573,26 @@ def test_parse_config_from_a_mapping(confdir: Path) -> None:
     assert config.auth.passwd_file == confdir / "passwd"
     assert config.mail.location == f"maildir:{confdir}/mail/%u"
     assert config.listen == (ListenConfig(port=0),)
+
+
+def test_postgresql_mail_and_users(confdir: Path) -> None:
+    """A postgresql:// URL is kept as written (not made relative to the file); either
+    database may be used without the other."""
+    url = "postgresql://popbox:hunter2@db.example.org:5433/mail?sslmode=require"
+    both = MINIMAL.replace('passwd_file = "passwd"', f'database = "{url}"')
+    config = load_config(write(confdir, both.replace("maildir:mail/%u", url)))
+    assert config.mail.location == url
+    assert config.mail.scheme == "postgresql"
+    assert config.auth.database == url
+    assert config.auth.passwd_file is None
+    only_mail = load_config(write(confdir, MINIMAL.replace("maildir:mail/%u", "postgres://db/m")))
+    assert only_mail.mail.scheme == "postgresql"
+    assert only_mail.auth.passwd_file == confdir / "passwd"
+    only_users = load_config(
+        write(confdir, MINIMAL.replace('passwd_file = "passwd"', f'database = "{url}"'))
+    )
+    assert only_users.mail.scheme == "maildir"
+    assert only_users.auth.database == url
 
 
 def test_parse_config_names_its_source_and_refuses_source_key(confdir: Path) -> None:

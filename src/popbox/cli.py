@@ -1,4 +1,5 @@
-"""`popbox serve | demo | check-config | user ... | pw`; main(argv) -> exit code."""
+"""`popbox serve | demo | check-config | user ... | pw | deliver | db migrate | import`;
+main(argv) -> exit code."""
 
 from __future__ import annotations
 
@@ -41,9 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config", type=Path)
 
-    user = sub.add_parser("user", help="edit the passwd-file")
-    user.add_argument("--config", type=Path, help="take auth.passwd_file from this config")
+    user = sub.add_parser("user", help="edit the passwd-file or the user database")
+    user.add_argument(
+        "--config", type=Path, help="take auth.passwd_file or auth.database from this config"
+    )
     user.add_argument("--passwd-file", type=Path, help="the passwd-file to edit")
+    user.add_argument("--database", metavar="URL", help="the PostgreSQL user database")
     actions = user.add_subparsers(dest="action", required=True)
     for name in ("add", "passwd"):
         action = actions.add_parser(name)
@@ -60,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     pw = sub.add_parser("pw", help="print a password hash, like `doveadm pw`")
     pw.add_argument("-s", "--scheme", default="ARGON2ID")
     pw.add_argument("-p", "--password", help="the password (default: ask)")
+
+    from popbox.cli_db import add_parsers  # noqa: PLC0415
+
+    add_parsers(sub)
     return parser
 
 
@@ -76,13 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "user":
             from popbox.cli_user import user_command  # noqa: PLC0415
 
-            return user_command(args, _passwd_path(args))
+            return user_command(args, _user_database(args))
         if command == "deliver":
             return _deliver(args)
         if command == "pw":
             from popbox.cli_user import pw_command  # noqa: PLC0415
 
             return pw_command(args)
+        if command in ("db", "import"):
+            from popbox import cli_db  # noqa: PLC0415
+
+            return cli_db.db_command(args) if command == "db" else cli_db.import_command(args)
     except ConfigError as error:
         print(f"popbox: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -105,12 +117,19 @@ def _deliver(args: argparse.Namespace) -> int:
     return deliver_main(make_store(config), make_authenticator(config), args.users, message)
 
 
-def _passwd_path(args: argparse.Namespace) -> Path:
+def _user_database(args: argparse.Namespace) -> Path | str:
+    """The passwd-file (a Path) or the user database's URL (a str) to edit."""
     if args.passwd_file is not None:
         return Path(args.passwd_file)
+    if args.database is not None:
+        return str(args.database)
     if args.config is not None:
-        return load_config(args.config).auth.passwd_file
-    raise ConfigError("give --passwd-file FILE or --config FILE")
+        auth = load_config(args.config).auth
+        if auth.database is not None:
+            return auth.database
+        assert auth.passwd_file is not None  # AuthConfig requires one of the two
+        return auth.passwd_file
+    raise ConfigError("give --passwd-file FILE, --database URL or --config FILE")
 
 
 def _serve(args: argparse.Namespace) -> int:

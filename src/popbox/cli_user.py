@@ -21,7 +21,11 @@ def _password(args: argparse.Namespace) -> str:
     return getpass_twice()
 
 
-def user_command(args: argparse.Namespace, path: Path) -> int:
+def user_command(args: argparse.Namespace, path: Path | str) -> int:
+    if isinstance(path, str):  # a postgresql:// URL: [auth] database
+        from popbox.cli_db import user_db_command  # noqa: PLC0415
+
+        return user_db_command(args, path, lambda: _password(args))
     try:
         if args.action == "list":
             for name in passwdfile.list_users(path):

@@ -1,10 +1,10 @@
-"""One behavioural suite for every mail store (Maildir, mbox): the contract of
-storage/base.py, checked the same way on each backend."""
+"""One behavioural suite for every mail store (Maildir, mbox, PostgreSQL): the contract
+of storage/base.py, checked the same way on each backend."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,12 @@ def mbox_store(root: Path) -> MaildropStore:
     return MboxStore(str(root / "%u.mbox"), mbox_format="mboxrd", lock_timeout=2.0)
 
 
+def postgresql_store(url: str) -> MaildropStore:
+    from popbox.storage.postgresql import PostgresStore  # noqa: PLC0415
+
+    return PostgresStore(url)
+
+
 BACKENDS = {"maildir": maildir_store, "mbox": mbox_store}
 MESSAGES = [
     b"From: a@example.org\r\nSubject: one\r\n\r\nfirst\r\n",
@@ -36,13 +42,27 @@ MESSAGES = [
 ]
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=[*sorted(BACKENDS), "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> MaildropStore:
+    if request.param == "postgresql":
+        # A fresh database on the session's PostgreSQL (tests/pg_helpers.py).
+        return postgresql_store(request.getfixturevalue("pg_url"))
     return BACKENDS[request.param](tmp_path)
 
 
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def run(store: MaildropStore, scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run `scenario` in a fresh event loop, then close what the store keeps open in it
+    (the PostgreSQL store's pool)."""
+
+    async def main() -> None:
+        try:
+            await scenario()
+        finally:
+            aclose = getattr(store, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    asyncio.run(main())
 
 
 async def read_all(maildrop: Maildrop, key: str) -> bytes:
@@ -65,7 +85,7 @@ def test_missing_maildrop_is_empty(store: MaildropStore) -> None:
         assert list(maildrop.listing) == []
         await maildrop.close()
 
-    asyncio.run(scenario())
+    run(store, scenario)
 
 
 def test_delivered_messages_read_back_with_exact_sizes(store: MaildropStore) -> None:
@@ -83,7 +103,7 @@ def test_delivered_messages_read_back_with_exact_sizes(store: MaildropStore) -> 
             assert info.octets == len(sent) - sent.count(b"\r\n..") - sent.startswith(b"..")
         await maildrop.close()
 
-    asyncio.run(scenario())
+    run(store, scenario)
 
 
 def test_uidls_stable_across_sessions_and_deletions(store: MaildropStore) -> None:
@@ -100,7 +120,7 @@ def test_uidls_stable_across_sessions_and_deletions(store: MaildropStore) -> Non
         assert [m.unique_id for m in second.listing] == uidls[1:]
         await second.close()
 
-    asyncio.run(scenario())
+    run(store, scenario)
 
 
 def test_exclusive_lock_and_release(store: MaildropStore) -> None:
@@ -115,7 +135,7 @@ def test_exclusive_lock_and_release(store: MaildropStore) -> None:
         again = await store.open("alice")
         await again.close()
 
-    asyncio.run(scenario())
+    run(store, scenario)
 
 
 def test_snapshot_is_fixed_and_delivery_shows_up_next_time(store: MaildropStore) -> None:
@@ -132,7 +152,7 @@ def test_snapshot_is_fixed_and_delivery_shows_up_next_time(store: MaildropStore)
         assert len(after.listing) == 2
         await after.close()
 
-    asyncio.run(scenario())
+    run(store, scenario)
 
 
 def test_retrieval_times_persist(store: MaildropStore) -> None:
@@ -150,7 +170,7 @@ def test_retrieval_times_persist(store: MaildropStore) -> None:
         assert third.listing[1].first_retrieved == 1_800_000_000.0
         await third.close()
 
-    asyncio.run(scenario())
+    run(store, scenario)
 
 
 @pytest.mark.parametrize("user", ["", "..", "../etc", "a/b", "x\x00y", ".hidden"])
@@ -162,5 +182,5 @@ def test_bad_user_names_touch_nothing(store: MaildropStore, tmp_path: Path, user
             await store.deliver(user, MESSAGES[0])
 
     before = sorted(tmp_path.rglob("*"))
-    asyncio.run(scenario())
+    run(store, scenario)
     assert sorted(tmp_path.rglob("*")) == before

@@ -30,7 +30,7 @@ from popbox.auth.passwdformat import (
 )
 from popbox.auth.precis import canonical_username, normalize_password
 
-__all__ = ["NEW_FILE_MODE", "add_user", "delete_user", "set_password"]
+__all__ = ["NEW_FILE_MODE", "add_user", "delete_user", "prepared_hash", "set_password"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 NEW_FILE_MODE = 0o600
 
 
-def _hash(password: str, scheme: str) -> str:
-    """hash_password() of the OpaqueString form; ValueError names what is wrong."""
+def prepared_hash(password: str, scheme: str) -> str:
+    """hash_password() of the OpaqueString form, the form logins verify (any user
+    database stores secrets this way); ValueError names what is wrong."""
     # An empty password gets hash_password()'s own message.
     return schemes.hash_password(normalize_password(password) if password else "", scheme)
 
@@ -51,7 +52,7 @@ def add_user(path: StrPath, user: str, password: str, scheme: str = schemes.DEFA
     8265 disallows), UserExists or PasswdFileError; all carry a message for the admin.
     """
     user = canonical_username(user)
-    line = f"{user}:{_hash(password, scheme)}".encode()
+    line = f"{user}:{prepared_hash(password, scheme)}".encode()
     with _editing(path) as (real, lines):
         if _find(lines, user):
             raise UserExists(f"{real}: user {user} already exists")
@@ -67,7 +68,7 @@ def set_password(
 ) -> None:
     """Replace the password field of `user`'s line, keeping its other fields."""
     user = canonical_username(user)
-    secret = _hash(password, scheme).encode()
+    secret = prepared_hash(password, scheme).encode()
     with _editing(path, must_exist=True) as (real, lines):
         found = _find(lines, user)
         if not found:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeGuard, get_args
 
+from popbox.db.url import check_database_url, is_database_url
+
 # What may appear in the greeting and the APOP timestamp (RFC 1939 section 7): no spaces,
 # CR/LF or angle brackets, which would break those lines. 253 octets: RFC 1035 section 2.3.4.
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}")
@@ -25,7 +27,9 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 _DOVECOT_OPTION_RE = re.compile(r":[A-Z_]+=")
 MAILDIR_SCHEME = "maildir:"
 MAIL_SCHEMES = ("maildir:", "mbox:")
-_LATER_SCHEMES = ("postgresql:",)
+# libpq's keyword form ("postgresql:dbname=mail") or a typo, not a URL: refused with a hint.
+_DATABASE_PREFIXES = ("postgresql:", "postgres:")
+_LOCATION_FORMS = "'maildir:<path>', 'mbox:<path>' or 'postgresql://...'"
 
 Check = Callable[[object], object]
 
@@ -152,17 +156,11 @@ def location_parts(location: object) -> tuple[str, str]:
     """(scheme, path) of a `maildir:<path>` or `mbox:<path>` mail location (Dovecot's
     mail_location syntax)."""
     if not isinstance(location, str):
-        raise expected("'maildir:<path>' or 'mbox:<path>'", location)
-    for later in _LATER_SCHEMES:
-        if location.startswith(later):
-            raise ConfigError(
-                f"the {later!r} scheme is not supported yet (only 'maildir:' and 'mbox:'), "
-                f"got {location!r}"
-            )
+        raise expected(_LOCATION_FORMS, location)
     scheme = next((s for s in MAIL_SCHEMES if location.startswith(s)), None)
     path = location.removeprefix(scheme) if scheme else ""
     if scheme is None or not path:
-        raise expected("'maildir:<path>' or 'mbox:<path>'", location)
+        raise expected(_LOCATION_FORMS, location)
     _check_location_path(location, path)
     return scheme, path
 
@@ -191,7 +189,25 @@ def _has_user_variable(template: str) -> bool:
     return False
 
 
+def database_url(value: object) -> object:
+    """A PostgreSQL URL (postgresql://user:password@host:port/dbname?...); the error never
+    shows a password."""
+    try:
+        return check_database_url(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def names_database(location: object) -> bool:
+    """A `postgresql://` location, or one meant to be (checked by database_url)."""
+    return is_database_url(location) or (
+        isinstance(location, str) and location.startswith(_DATABASE_PREFIXES)
+    )
+
+
 def mail_location(value: object) -> object:
+    if names_database(value):
+        return database_url(value)
     scheme, path = location_parts(value)
     kind = scheme.rstrip(":")
     if not os.path.isabs(path):

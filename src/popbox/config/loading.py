@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from popbox.config.checks import ConfigError, expected, location_parts
+from popbox.config.checks import ConfigError, expected, location_parts, names_database
 from popbox.config.model import (
     AuthConfig,
     Config,
@@ -46,6 +46,8 @@ def _as_tuple(value: object, base_dir: Path) -> object:
 
 
 def _relative_location(value: object, base_dir: Path) -> object:
+    if names_database(value):
+        return value  # a URL, not a path: MailConfig checks it
     scheme, path = location_parts(value)
     return scheme + os.path.join(base_dir, path)
 

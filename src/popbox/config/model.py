@@ -12,6 +12,7 @@ from popbox.config.checks import (
     Check,
     ConfigError,
     check_fields,
+    database_url,
     endpoint,
     expected,
     expire_policy,
@@ -31,6 +32,7 @@ from popbox.config.checks import (
     system_user,
     tuple_of,
 )
+from popbox.db.url import is_database_url
 
 TlsMode = Literal["none", "starttls", "implicit"]
 TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
@@ -96,7 +98,10 @@ class OAuthConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthConfig:
-    passwd_file: Path  # Dovecot passwd-file format
+    # Where users are: a Dovecot passwd-file, or the users table of a PostgreSQL database
+    # (postgresql://...); exactly one of the two.
+    passwd_file: Path | None = None
+    database: str | None = None
     plaintext: PlaintextPolicy = "loopback"
     # SASL mechanisms offered (RFC 5034); None: every one that can work here.
     mechanisms: tuple[str, ...] | None = None
@@ -115,6 +120,10 @@ class AuthConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, _AUTH_CHECKS)
+        if self.passwd_file is None and self.database is None:
+            raise ConfigError("required key is missing (or give auth.database)", "passwd_file")
+        if self.passwd_file is not None and self.database is not None:
+            raise ConfigError("give passwd_file or database, not both", "database")
         if self.failure_delay_max < self.failure_delay:
             raise ConfigError("must not be below auth.failure_delay", "failure_delay_max")
         oauth_named = {"OAUTHBEARER", "XOAUTH2"} & set(self.mechanisms or ())
@@ -124,7 +133,8 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MailConfig:
-    # "maildir:/absolute/path/%u" or "mbox:/var/mail/%u", Dovecot's mail_location syntax.
+    # "maildir:/absolute/path/%u" or "mbox:/var/mail/%u", Dovecot's mail_location syntax,
+    # or "postgresql://user:password@host/dbname" (the password is never logged).
     location: str
     # RFC 2449 section 6.7 EXPIRE: messages first retrieved more than this many days ago
     # are removed at the next UPDATE (0: every retrieved message, as if DELE'd); "never"
@@ -141,7 +151,9 @@ class MailConfig:
 
     @property
     def scheme(self) -> str:
-        """ "maildir" or "mbox"."""
+        """ "maildir", "mbox" or "postgresql"."""
+        if is_database_url(self.location):
+            return "postgresql"
         return self.location.split(":", 1)[0]
 
     @property
@@ -277,7 +289,8 @@ _OAUTH_CHECKS: dict[str, Check] = {
     "public_key": optional(readable_file),
 }
 _AUTH_CHECKS: dict[str, Check] = {
-    "passwd_file": readable_file,
+    "passwd_file": optional(readable_file),
+    "database": optional(database_url),
     "plaintext": one_of(PlaintextPolicy),
     "mechanisms": optional(mechanism_names),
     "failure_delay": seconds(positive=False),

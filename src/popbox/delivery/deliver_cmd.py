@@ -32,6 +32,7 @@ import sys
 from collections.abc import Sequence
 
 from popbox.auth.base import Authenticator
+from popbox.db.startup import close_backends
 from popbox.delivery.message import stored_form
 from popbox.storage.base import InvalidMaildropUser, MaildropStore, StoreError
 
@@ -112,4 +113,12 @@ def deliver_main(
     store: MaildropStore, authenticator: Authenticator, users: list[str], message: bytes
 ) -> int:
     """`popbox deliver USER...` once the CLI has read the config and stdin."""
-    return asyncio.run(deliver_message(store, authenticator, users, message))
+
+    async def main() -> int:
+        try:
+            return await deliver_message(store, authenticator, users, message)
+        finally:
+            # A database store or user database: its pool, closed politely.
+            await close_backends(store, authenticator)
+
+    return asyncio.run(main())

@@ -13,10 +13,12 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from popbox.auth.base import Authenticator
 from popbox.auth.oauth import BearerVerifier, OAuthConfig
 from popbox.auth.passwdfile import PasswdFileAuthenticator
 from popbox.auth.throttle import LoginDelayTracker, LoginThrottle, ThrottleConfig
 from popbox.config import Config
+from popbox.db.startup import close_backends
 from popbox.delivery.lmtp import LmtpServer, start_lmtp
 from popbox.metrics import served_by_master, start_metrics_server
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS
@@ -52,7 +54,7 @@ def offered_mechanisms(config: Config) -> tuple[str, ...]:
     )
 
 
-def make_authenticator(config: Config) -> PasswdFileAuthenticator:
+def make_authenticator(config: Config) -> Authenticator:
     oauth = config.auth.oauth
     verifier = None
     if oauth is not None:
@@ -65,12 +67,21 @@ def make_authenticator(config: Config) -> PasswdFileAuthenticator:
                 public_key=oauth.public_key,
             )
         )
+    if config.auth.database is not None:
+        from popbox.auth.pgusers import PgUsersAuthenticator  # noqa: PLC0415
+
+        return PgUsersAuthenticator(config.auth.database, oauth=verifier)
+    assert config.auth.passwd_file is not None  # AuthConfig requires one of the two
     return PasswdFileAuthenticator(config.auth.passwd_file, oauth=verifier)
 
 
 def make_store(config: Config) -> MaildropStore:
     """The mail store named by [mail] location (Dovecot's mail_location syntax)."""
     mail = config.mail
+    if mail.scheme == "postgresql":
+        from popbox.storage.postgresql import PostgresStore  # noqa: PLC0415
+
+        return PostgresStore(mail.location)
     if mail.scheme == "mbox":
         from popbox.storage.mbox import MboxStore  # noqa: PLC0415
 
@@ -311,6 +322,7 @@ async def drain(
         await delivery.close()
     for server in servers:
         await server.wait_closed()
+    await close_backends(ctx.store, ctx.authenticator)  # this process's database pools
 
 
 async def start_delivery(config: Config, ctx: ServerContext, sock: socket.socket) -> LmtpServer:

@@ -9,10 +9,12 @@ does any process serve. `workers = 1` serves in this very process, without a mas
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 
 from popbox.config import Config, ConfigError
+from popbox.db.startup import check_schemas, preload_databases
 from popbox.metrics import cleanup_multiprocess, prepare_multiprocess
 from popbox.metrics import preload as preload_metrics
 from popbox.server.app import event_loop_factory, make_context, run, serve, startup_warnings
@@ -29,6 +31,8 @@ def start(config: Config, on_ready: Callable[[Endpoints], None] | None = None) -
     administrator must fix raise ConfigError, naming the key."""
     startup_warnings(config)
     event_loop_factory()  # import uvloop now: after the drop its files may be unreadable
+    # A database schema this popbox does not know stops the start before any port opens.
+    asyncio.run(check_schemas(config))
     listeners = bind_listeners(config)
     # With workers, each process counts into files the master sums (popbox/metrics.py).
     multiprocess_metrics = config.workers > 1 and config.metrics is not None
@@ -39,6 +43,7 @@ def start(config: Config, on_ready: Callable[[Endpoints], None] | None = None) -
             # their files there).
             owned.append(str(prepare_multiprocess()))
         preload_metrics()
+        preload_databases(config)
         drop_privileges(config, owned)
         ctx = _checked_context(config)
         endpoints = listeners.endpoints()
