@@ -23,6 +23,7 @@ from popbox.server.context import (
     ServerContext,
     SessionPolicy,
 )
+from popbox.server.proxy_listener import ProxyProtocolServer
 from popbox.server.tls import TlsManager
 from popbox.storage.base import MaildropStore
 from popbox.storage.maildir import MaildirStore
@@ -128,25 +129,33 @@ async def serve(
         log.warning('auth.plaintext = "always": passwords may cross the network unencrypted')
     ctx = make_context(config)
     loop = asyncio.get_running_loop()
-    servers = []
+    servers: list[asyncio.Server | ProxyProtocolServer] = []
     bound: list[tuple[str, int]] = []
     for listener in config.listen:
         implicit = listener.tls == "implicit" and ctx.tls is not None
-        server = await loop.create_server(
-            functools.partial(Pop3Connection, ctx, listener.tls),
-            listener.address,
-            listener.port,
-            reuse_address=True,
-            backlog=1024,
-            # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first.
-            ssl=ctx.tls.listener_context if implicit and ctx.tls else None,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
-        )
+        # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first (after
+        # the PROXY header, on a proxy_protocol listener).
+        tls = ctx.tls.listener_context if implicit and ctx.tls else None
+        server: asyncio.Server | ProxyProtocolServer
+        if listener.proxy_protocol:
+            server = ProxyProtocolServer(ctx, listener, tls)
+            await server.start()
+        else:
+            server = await loop.create_server(
+                functools.partial(Pop3Connection, ctx, listener.tls),
+                listener.address,
+                listener.port,
+                reuse_address=True,
+                backlog=1024,
+                ssl=tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
+            )
         servers.append(server)
+        proxy = ", proxy_protocol" if listener.proxy_protocol else ""
         for sock in server.sockets:
             host, port = sock.getsockname()[:2]
             bound.append((host, port))
-            log.info("listening on %s:%d (tls=%s)", host, port, listener.tls)
+            log.info("listening on %s:%d (tls=%s%s)", host, port, listener.tls, proxy)
     lmtp = await start_delivery(config, ctx)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
