@@ -337,3 +337,67 @@ def test_many_tls_handshakes_after_headers(popbox: Starter, tls_files: TlsFiles)
     assert not failures, failures[:3]
     assert time.monotonic() - started < 50
     assert server.process.poll() is None
+
+
+def test_ipv6_listener_and_v4_mapped_clients(popbox: Starter) -> None:
+    listener = proxy_listener(trusted='["::1/128"]').replace('"127.0.0.1"', '"::1"')
+    server = popbox(USERS, MAIL, extra=listener)
+    address = ("::1", server.proxy_ports["none"])
+    for source, logged in [
+        ("2001:db8::7", r"2001:db8::7"),
+        ("::ffff:203.0.113.9", r"203\.0\.113\.9"),  # one spelling per client
+    ]:
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(v1((source, 1), ("::1", 110)) + b"QUIT\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+        sock.close()
+        assert reply.endswith(b"+OK POP3 server signing off\r\n")
+        server.log.wait_for(rf"logout user=- client={logged} reason=quit ")
+    local = socket.create_connection(address, timeout=10)
+    local.sendall(v2_local())
+    assert local.recv(4096).startswith(b"+OK POP3 server ready")
+    local.close()
+    server.log.wait_for(r"connect client=::1 proxy=::1 local$")
+
+
+def test_half_close_after_header_still_gets_every_reply(popbox: Starter) -> None:
+    """`printf 'PROXY ...\\r\\nUSER..QUIT' | nc`: the half-close behind a proxy is the
+    client's, and its commands are all answered (there is no TLS to forbid it)."""
+    server = popbox(USERS, MAIL, extra=proxy_listener())
+    sock = socket.create_connection(destination(server), timeout=10)
+    sock.sendall(
+        v1(("127.0.0.9", 1), destination(server)) + b"USER alice\r\nPASS secret\r\nSTAT\r\nQUIT\r\n"
+    )
+    sock.shutdown(socket.SHUT_WR)
+    replies = b""
+    while chunk := sock.recv(4096):
+        replies += chunk
+    sock.close()
+    lines = replies.split(b"\r\n")
+    assert lines[0].startswith(b"+OK POP3 server ready <")
+    assert lines[1] == b"+OK send PASS"
+    assert lines[2].startswith(b"+OK maildrop has 1 messages")
+    assert lines[3].startswith(b"+OK 1 ")
+    assert lines[4] == b"+OK POP3 server signing off (1 messages left)"
+    assert lines[5:] == [b""]
+
+
+def test_sigterm_with_headers_pending_and_sessions_open(popbox: Starter) -> None:
+    server = popbox(USERS, MAIL, extra=proxy_listener())
+    client = proxied(server, v1(("127.0.0.9", 1), destination(server)))
+    assert client.login("alice", "secret").startswith(b"+OK")
+    waiting = socket.create_connection(destination(server), timeout=10)
+    waiting.sendall(b"PROXY TCP4 ")
+    server.log.wait_for(r"login ok user=alice client=127\.0\.0\.9 ")
+    assert server.stop() == 0
+    closed_without_a_word(waiting)
+    assert client.read_until_closed() == b""
+    server.log.wait_for(r"logout user=alice client=127\.0\.0\.9 reason=shutdown ")
+    server.log.wait_for(r"popbox\.server: stopped")
+    assert (
+        len(list((server.maildir("alice") / "new").iterdir()))
+        + len(list((server.maildir("alice") / "cur").iterdir()))
+        == 1
+    )
