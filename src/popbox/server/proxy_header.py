@@ -9,6 +9,8 @@ connection as soon as possible"). Nothing here touches a socket or a clock.
 
 Every valid header is rejected by no prefix of itself, so the caller may feed the octets
 in any chunking, and the header's `length` says where the connection's own data begins.
+TLVs are kept as they came; PP2_TYPE_SSL and PP2_TYPE_AUTHORITY are decoded, and
+PP2_TYPE_CRC32C is skipped like any other (checking it is optional for receivers, 2.2.3).
 """
 
 from __future__ import annotations

@@ -49,7 +49,20 @@ log = logging.getLogger("popbox.session")
 PEEK_SIZE = 4096
 # asyncio's own servers pause accepting this long when out of file descriptors.
 ACCEPT_RETRY_DELAY = 1.0
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# accept(2): errors of the connection being accepted, "treated like EAGAIN by retrying";
+# any other error (EMFILE, ENOBUFS ...) pauses accepting for ACCEPT_RETRY_DELAY.
+_RETRY_AT_ONCE = frozenset(
+    {
+        errno.ENETDOWN,
+        errno.EPROTO,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+    }
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -194,7 +207,7 @@ class ProxyProtocolServer:
                 continue
             except OSError as error:
                 log.error("accept failed: %s", error)
-                if error.errno in _OUT_OF_RESOURCES:
+                if error.errno not in _RETRY_AT_ONCE:
                     await asyncio.sleep(ACCEPT_RETRY_DELAY)
                 continue
             self._spawn(self._handshake(sock, str(address[0])))
