@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 HOSTNAME = "test.popbox.invalid"
-LISTENING = re.compile(r"listening on (\S+):(\d+) \(tls=(\w+)\)")
+LISTENING = re.compile(r"listening on (\S+):(\d+) \(tls=(\w+)(, proxy_protocol)?\)")
 # The "ready" line in the text and in the JSON log format.
 READY = re.compile(r'popbox\.server(?:: |", "message": ")ready\b')
 
@@ -57,6 +57,17 @@ class LogWatcher:
                     raise AssertionError(f"no log line matching {pattern!r}:\n{text}")
                 self.cond.wait(remaining)
 
+    def wait_count(self, pattern: str, count: int, timeout: float = 15.0) -> None:
+        """Wait until `count` lines match `pattern`."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.count(pattern) < count:
+                remaining = deadline - time.monotonic()
+                if self.closed or remaining <= 0:
+                    text = "\n".join(self.lines)
+                    raise AssertionError(f"fewer than {count} lines match {pattern!r}:\n{text}")
+                self.cond.wait(remaining)
+
     def count(self, pattern: str) -> int:
         with self.cond:
             return sum(1 for line in self.lines if re.search(pattern, line))
@@ -71,6 +82,8 @@ class PopboxServer:
     host: str = "127.0.0.1"
     # Every listener's port by its tls mode ("none", "starttls", "implicit").
     ports: dict[str, int] = field(default_factory=dict)
+    # The same for listeners with proxy_protocol = true.
+    proxy_ports: dict[str, int] = field(default_factory=dict)
 
     def maildir(self, user: str) -> Path:
         return self.root / "mail" / user / "Maildir"
@@ -188,8 +201,9 @@ def launch(root: Path, config: Path, env: dict[str, str] | None = None) -> Popbo
     for line in watcher.lines:
         if found := LISTENING.search(line):
             server.host = found.group(1)
-            server.ports[found.group(3)] = int(found.group(2))
-    server.port = next(iter(server.ports.values()))
+            ports = server.proxy_ports if found.group(4) else server.ports
+            ports[found.group(3)] = int(found.group(2))
+    server.port = next(iter([*server.ports.values(), *server.proxy_ports.values()]))
     return server
 
 
@@ -210,12 +224,16 @@ class RawClient:
         port: int | None = None,
         tls: ssl.SSLContext | None = None,
         source: str | None = None,
+        *,
+        preamble: bytes = b"",
     ) -> None:
         import socket  # noqa: PLC0415
 
         address = (server.host, port or server.port)
         bind = None if source is None else (source, 0)  # e.g. 127.0.0.2: another client
         self.sock = socket.create_connection(address, timeout=timeout, source_address=bind)
+        if preamble:  # what a proxy sends first: a PROXY protocol header
+            self.sock.sendall(preamble)
         if tls is not None:  # implicit TLS (RFC 8314): the handshake comes first
             self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         OPEN_CLIENTS.append(self)

@@ -136,6 +136,8 @@ def test_defaults(confdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.user, config.group) == (None, None)
     assert config.log_level == "info"
     assert config.listen == (ListenConfig(address="127.0.0.1", port=1110, tls="none"),)
+    assert not config.listen[0].proxy_protocol
+    assert config.listen[0].trusted_proxies is None
     assert config.tls == TlsConfig(certificate=None, private_key=None)
     assert not config.tls.enabled
     assert config.auth.plaintext == "loopback"
@@ -363,7 +365,60 @@ ERRORS = [
         "tls.certificate: expected a file path, got 5",
         id="path-not-string",
     ),
+    pytest.param(
+        "[[listen]]\nproxy_protocol = true\n",
+        "listen[0].trusted_proxies: required when proxy_protocol = true "
+        "(the proxies allowed to name clients)",
+        id="proxy-without-trusted",
+    ),
+    pytest.param(
+        "[[listen]]\ntrusted_proxies = ['127.0.0.1/32']\n",
+        "listen[0].trusted_proxies: only used with proxy_protocol = true",
+        id="trusted-without-proxy",
+    ),
+    pytest.param(
+        "[[listen]]\nproxy_protocol = true\ntrusted_proxies = []\n",
+        "listen[0].trusted_proxies: must name at least one network",
+        id="trusted-empty",
+    ),
+    pytest.param(
+        "[[listen]]\nproxy_protocol = true\ntrusted_proxies = ['127.0.0.1/8']\n",
+        "listen[0].trusted_proxies[0]: not a network in CIDR notation: "
+        "127.0.0.1/8 has host bits set",
+        id="trusted-host-bits",
+    ),
+    pytest.param(
+        "[[listen]]\nproxy_protocol = true\ntrusted_proxies = ['::1/128', 'haproxy']\n",
+        "listen[0].trusted_proxies[1]: not a network in CIDR notation: "
+        "'haproxy' does not appear to be an IPv4 or IPv6 network",
+        id="trusted-not-network",
+    ),
+    pytest.param(
+        "[[listen]]\nproxy_protocol = true\ntrusted_proxies = '127.0.0.1/32'\n",
+        "listen[0].trusted_proxies: expected an array of networks such as "
+        '["127.0.0.1/32", "::1/128"], got \'127.0.0.1/32\'',
+        id="trusted-not-array",
+    ),
+    pytest.param(
+        "[[listen]]\nproxy_protocol = 'yes'\ntrusted_proxies = ['127.0.0.1/32']\n",
+        "listen[0].proxy_protocol: expected a bool, got 'yes'",
+        id="proxy-not-bool",
+    ),
 ]
+
+
+def test_proxy_protocol_listener(confdir: Path) -> None:
+    text = MINIMAL + (
+        "[[listen]]\nport = 110\nproxy_protocol = true\n"
+        "trusted_proxies = ['10.0.0.0/8', '0::1/128', '192.0.2.7']\n"
+    )
+    assert load_config(write(confdir, text)).listen == (
+        ListenConfig(
+            port=110,
+            proxy_protocol=True,
+            trusted_proxies=("10.0.0.0/8", "::1/128", "192.0.2.7/32"),
+        ),
+    )
 
 
 @pytest.mark.parametrize(("added", "message"), ERRORS)

@@ -65,7 +65,7 @@ def test_loopback_addresses(address: str, loopback: bool) -> None:
 def test_policy_table(policy: str, address: str, tls: bool, allowed: bool) -> None:
     ctx = context(policy)
     assert ctx.plaintext_allowed(address, tls=tls) is allowed
-    mechanisms = ctx.mechanisms(plaintext_allowed=allowed, tls=tls)
+    mechanisms = ctx.mechanisms(plaintext_allowed=allowed, channel_binding=tls)
     assert ("PLAIN" in mechanisms) is allowed
     assert "SCRAM-SHA-256" in mechanisms
     assert ("SCRAM-SHA-256-PLUS" in mechanisms) is tls

@@ -253,3 +253,20 @@ def test_workers_metrics_are_summed_by_the_master(popbox: Starter) -> None:
         assert client.command(b"QUIT").startswith(b"+OK")
         client.read_until_closed()
     assert value(scrape(server), "popbox_connections_active") == 0
+
+
+def test_connections_refused_for_their_proxy_header_are_counted(popbox: Starter) -> None:
+    import socket  # noqa: PLC0415
+
+    listener = (
+        '[[listen]]\naddress = "127.0.0.1"\nport = 0\nproxy_protocol = true\n'
+        'trusted_proxies = ["127.0.0.2/32"]\n'
+    )
+    server = popbox(USERS, {"alice": MESSAGES}, extra=METRICS + listener)
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", server.proxy_ports["none"])) as sock:
+            assert sock.recv(100) == b""  # closed without a greeting: not a trusted proxy
+    server.log.wait_count(r"refused client=127\.0\.0\.1 reason='not in trusted_proxies'", 2)
+    samples = scrape(server)
+    assert value(samples, "popbox_connections_refused_total", reason="proxy") == 2
+    assert value(samples, "popbox_connections_total") == 2

@@ -289,6 +289,23 @@ def system_group(value: object) -> object:
     return value
 
 
+def networks(value: object) -> object:
+    """A non-empty array of IP networks in CIDR notation, normalised ("::1/128")."""
+    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+        raise expected('an array of networks such as ["127.0.0.1/32", "::1/128"]', value)
+    if not value:
+        raise ConfigError("must name at least one network")
+    normal = []
+    for index, item in enumerate(value):
+        try:
+            normal.append(str(ipaddress.ip_network(item, strict=True)))
+        except ValueError as error:
+            raise ConfigError(f"not a network in CIDR notation: {error}").within(
+                f"[{index}]"
+            ) from None
+    return tuple(normal)
+
+
 def tuple_of(check: Check) -> Check:
     def checked(value: object) -> object:
         if not isinstance(value, tuple):

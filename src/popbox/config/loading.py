@@ -95,13 +95,16 @@ def _table(cls: Any, converters: Mapping[str, _Converter]) -> _Converter:
     return lambda value, base_dir: _build(cls, value, base_dir, converters)
 
 
+_LISTEN_CONVERTERS: dict[str, _Converter] = {"trusted_proxies": _as_tuple}
+
+
 def _listeners(value: object, base_dir: Path) -> object:
     if not isinstance(value, list):
         raise expected("an array of tables ([[listen]])", value)
     listeners = []
     for index, entry in enumerate(value):
         try:
-            listeners.append(_build(ListenConfig, entry, base_dir, {}))
+            listeners.append(_build(ListenConfig, entry, base_dir, _LISTEN_CONVERTERS))
         except ConfigError as error:
             raise error.within(f"[{index}]") from None
     return tuple(listeners)

@@ -22,6 +22,7 @@ from popbox.config.checks import (
     listen_address,
     mail_location,
     mechanism_names,
+    networks,
     non_empty_string,
     normal_address,
     one_of,
@@ -56,9 +57,20 @@ class ListenConfig:
     address: str = "127.0.0.1"  # an IP literal or a host name
     port: int = 1110  # 0 = any free port (tests)
     tls: TlsMode = "none"
+    # HAProxy's PROXY protocol (v1 and v2): each connection starts with a header naming
+    # the real client; only peers in trusted_proxies (CIDR networks) may send one.
+    proxy_protocol: bool = False
+    trusted_proxies: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, _LISTEN_CHECKS)
+        if self.proxy_protocol and self.trusted_proxies is None:
+            raise ConfigError(
+                "required when proxy_protocol = true (the proxies allowed to name clients)",
+                "trusted_proxies",
+            )
+        if not self.proxy_protocol and self.trusted_proxies is not None:
+            raise ConfigError("only used with proxy_protocol = true", "trusted_proxies")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -275,6 +287,8 @@ _LISTEN_CHECKS: dict[str, Check] = {
     "address": listen_address,
     "port": int_range(0, 65535),
     "tls": one_of(TlsMode),
+    "proxy_protocol": instance_of(bool),
+    "trusted_proxies": optional(networks),
 }
 _TLS_CHECKS: dict[str, Check] = {
     "certificate": optional(readable_file),

@@ -31,6 +31,7 @@ from popbox.server.context import (
     SessionPolicy,
 )
 from popbox.server.listeners import LISTEN_BACKLOG, Listeners
+from popbox.server.proxy_listener import ProxyProtocolServer
 from popbox.server.reload import reload_config
 from popbox.server.tls import TlsManager
 from popbox.storage.base import MaildropStore
@@ -185,17 +186,25 @@ async def serve(
     """
     ctx = ctx or make_context(config)
     loop = asyncio.get_running_loop()
-    servers = []
+    servers: list[asyncio.Server | ProxyProtocolServer] = []
     for entry in listeners.pop3:
-        implicit = entry.listener.tls == "implicit" and ctx.tls is not None
-        server = await loop.create_server(
-            functools.partial(Pop3Connection, ctx, entry.listener.tls),
-            sock=entry.sock,
-            backlog=LISTEN_BACKLOG,
-            # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first.
-            ssl=ctx.tls.listener_context if implicit and ctx.tls else None,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
-        )
+        listener = entry.listener
+        implicit = listener.tls == "implicit" and ctx.tls is not None
+        # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first (after
+        # the PROXY header, on a proxy_protocol listener).
+        tls = ctx.tls.listener_context if implicit and ctx.tls else None
+        server: asyncio.Server | ProxyProtocolServer
+        if listener.proxy_protocol:
+            server = ProxyProtocolServer(ctx, listener, tls, entry.sock)
+            await server.start()
+        else:
+            server = await loop.create_server(
+                functools.partial(Pop3Connection, ctx, listener.tls),
+                sock=entry.sock,
+                backlog=LISTEN_BACKLOG,
+                ssl=tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
+            )
         servers.append(server)
     lmtp = [await start_delivery(config, ctx, sock) for sock in listeners.lmtp]
     # With worker processes the master serves the metrics of all (popbox/metrics.py).
@@ -287,7 +296,7 @@ CLOSE_GRACE = 1.0
 
 async def drain(
     ctx: ServerContext,
-    servers: Sequence[asyncio.Server],
+    servers: Sequence[asyncio.Server | ProxyProtocolServer],
     lmtp: Sequence[LmtpServer],
     timeout: float,
 ) -> None:

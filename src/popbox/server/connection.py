@@ -32,22 +32,31 @@ from popbox.protocol.events import (
 )
 from popbox.protocol.session import Pop3Session
 from popbox.server.accounting import SessionAccounting
-from popbox.server.context import MAX_PENDING_INPUT, TLS_HANDSHAKE_TIMEOUT, ServerContext
+from popbox.server.context import (
+    MAX_PENDING_INPUT,
+    TLS_HANDSHAKE_TIMEOUT,
+    ProxiedClient,
+    ServerContext,
+)
 from popbox.server.expire import expired_keys
 from popbox.server.login import LoginHandler, printable
-from popbox.server.tls import ServerContext as TlsServerContext
+from popbox.server.tls import channel_binding, tls_details
 from popbox.storage.base import Maildrop, MessageGone, StoreError
 
 log = logging.getLogger("popbox.session")
 
 
 class Pop3Connection(asyncio.Protocol):
-    def __init__(self, ctx: ServerContext, tls_mode: str = "none") -> None:
+    def __init__(
+        self, ctx: ServerContext, tls_mode: str = "none", proxied: ProxiedClient | None = None
+    ) -> None:
         self._ctx = ctx
         self._tls_mode = tls_mode  # "none" | "starttls" | "implicit"
-        self._tls = False
+        self._proxied = proxied  # the client a PROXY protocol header named
+        self._tls = False  # our own TLS, or the proxy's (PP2_CLIENT_SSL)
         self._transport: asyncio.Transport | None = None
         self._session: Pop3Session | None = None
+        self._early = b""  # what arrived before the session existed
         self._data_arrived = asyncio.Event()
         self._lost = False
         self._eof = False  # the client half-closed: answer what it sent, then close
@@ -68,6 +77,10 @@ class Pop3Connection(asyncio.Protocol):
         self._tls = transport.get_extra_info("ssl_object") is not None
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else "?"
+        if self._proxied is not None:
+            # Logs, limits, throttling and the plaintext policy see the real client.
+            self.peer = self._proxied.address
+            self._tls = self._tls or self._proxied.tls
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # Replies are small and each must go out at once (no Nagle + delayed-ACK stall).
@@ -84,7 +97,8 @@ class Pop3Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         session = self._session
-        if session is None or self._transport is None:
+        if session is None or self._transport is None:  # before _run made the session
+            self._early += data
             return
         session.receive_data(data)
         self.acct.received(len(data))
@@ -98,7 +112,7 @@ class Pop3Connection(asyncio.Protocol):
         # cannot half-close: there the transport closes itself).
         self._eof = True
         self._data_arrived.set()
-        return not self._tls
+        return self._transport is None or self._transport.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -153,7 +167,7 @@ class Pop3Connection(asyncio.Protocol):
             self._transport.write(data)
             self.acct.sent(len(data))
 
-    async def _start_tls(self) -> None:
+    async def _start_tls(self) -> asyncio.Transport:
         """STLS (RFC 2595 section 4): the handshake on the same connection."""
         assert self._ctx.tls is not None and self._transport is not None
         loop = asyncio.get_running_loop()
@@ -169,33 +183,26 @@ class Pop3Connection(asyncio.Protocol):
         self._transport = transport
         self._tls = True
         self._log_tls()
+        return transport
 
     def _log_tls(self) -> None:
         assert self._transport is not None
-        ssl_object = self._transport.get_extra_info("ssl_object")
-        cipher = ssl_object.cipher() if ssl_object is not None else None
-        log.info(
-            "tls client=%s version=%s cipher=%s",
-            self.peer,
-            ssl_object.version() if ssl_object is not None else "?",
-            cipher[0] if cipher else "?",
-        )
-
-    def _channel_binding(self) -> tuple[str, bytes] | None:
-        """RFC 5929 tls-server-end-point of the certificate this connection got."""
-        assert self._transport is not None
-        ssl_object = self._transport.get_extra_info("ssl_object")
-        context = getattr(ssl_object, "context", None)
-        if not isinstance(context, TlsServerContext):
-            return None
-        return ("tls-server-end-point", context.server_end_point)
+        version, cipher = tls_details(self._transport)
+        proxied, via = self._proxied, ""
+        if proxied is not None:
+            via = proxied.log_suffix
+            if proxied.tls and version == "?":
+                version, cipher = proxied.tls_version or "?", proxied.tls_cipher or "?"
+        log.info("tls client=%s version=%s cipher=%s%s", self.peer, version, cipher, via)
 
     # -- the driver ---------------------------------------------------------------------
 
     async def _run(self) -> None:
         assert self._transport is not None
         bind_session(session=self.session_id, client=self.peer)  # for JSON logs
-        log.info("connect client=%s", self.peer)
+        log.info(
+            "connect client=%s%s", self.peer, self._proxied.log_suffix if self._proxied else ""
+        )
         reason, abort = "closed", False  # abort: cut off (shutdown past its grace)
         session: Pop3Session | None = None
         try:
@@ -206,10 +213,11 @@ class Pop3Connection(asyncio.Protocol):
                     self.peer,
                     tls=self._tls,
                     stls=self._tls_mode == "starttls",
-                    channel_binding=self._channel_binding() if self._tls else None,
+                    channel_binding=channel_binding(self._transport),
                 )
             )
             self._write(session.greeting().data)
+            session.receive_data(self._early)
             reason = await self._event_loop(session)
         except (ConnectionError, OSError, TimeoutError):
             reason = "disconnected"
@@ -284,12 +292,13 @@ class Pop3Connection(asyncio.Protocol):
             return await asyncio.shield(self._update(session, event))
         if isinstance(event, StartTls):
             self._write(event.reply)
-            await self._start_tls()
-            binding = self._channel_binding()
+            binding = channel_binding(await self._start_tls())
             plaintext = self._ctx.plaintext_allowed(self.peer, tls=True)
             session.tls_established(
                 plaintext_allowed=plaintext,
-                mechanisms=self._ctx.mechanisms(plaintext_allowed=plaintext, tls=True),
+                mechanisms=self._ctx.mechanisms(
+                    plaintext_allowed=plaintext, channel_binding=binding is not None
+                ),
                 channel_binding=binding,
             )
             return None

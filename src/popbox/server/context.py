@@ -30,6 +30,27 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 
 OAUTH_MECHANISMS = frozenset({"OAUTHBEARER", "XOAUTH2"})
 
+# HAProxy's proxy-protocol.txt section 2: the receiver "may apply a short timeout ... (at
+# least 3 seconds to cover a TCP retransmit)"; Dovecot's haproxy_timeout is 3 s as well.
+PROXY_HEADER_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxiedClient:
+    """Who a PROXY protocol header says the client is (server/proxy_listener.py)."""
+
+    address: str  # the client's; for LOCAL and UNKNOWN headers, the proxy's own
+    proxy: str  # the connection's real peer, one of the listener's trusted_proxies
+    local: bool  # LOCAL (a health check) or UNKNOWN: the proxy speaks for itself
+    # PP2_TYPE_SSL with PP2_CLIENT_SSL: the client reached the proxy over TLS.
+    tls: bool = False
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+
+    @property
+    def log_suffix(self) -> str:
+        return f" proxy={self.proxy}" + (" local" if self.local else "")
+
 
 @dataclass(frozen=True, slots=True)
 class SessionPolicy:
@@ -82,13 +103,14 @@ class ServerContext:
             return False
         return is_loopback(peer_ip)
 
-    def mechanisms(self, *, plaintext_allowed: bool, tls: bool) -> tuple[str, ...]:
-        """The SASL mechanisms usable on a connection now (CAPA's SASL line, RFC 5034)."""
+    def mechanisms(self, *, plaintext_allowed: bool, channel_binding: bool) -> tuple[str, ...]:
+        """The SASL mechanisms usable on a connection now (CAPA's SASL line, RFC 5034).
+        The -PLUS ones need our own TLS: TLS that ended at a proxy has no channel to bind."""
         return tuple(
             name
             for name in self.policy.mechanisms
             if (plaintext_allowed or name not in PLAINTEXT_MECHANISMS)
-            and (tls or name not in CHANNEL_BINDING_MECHANISMS)
+            and (channel_binding or name not in CHANNEL_BINDING_MECHANISMS)
         )
 
     def session_config(
@@ -106,7 +128,9 @@ class ServerContext:
             plaintext_allowed=plaintext,
             tls_active=tls,
             stls_available=stls and not tls,
-            mechanisms=self.mechanisms(plaintext_allowed=plaintext, tls=tls),
+            mechanisms=self.mechanisms(
+                plaintext_allowed=plaintext, channel_binding=channel_binding is not None
+            ),
             channel_binding=channel_binding,
             nonce=new_nonce,
             login_delay=self.policy.login_delay,

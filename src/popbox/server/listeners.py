@@ -81,7 +81,8 @@ def bind_listeners(config: Config) -> Listeners:
         raise
     for entry in bound.pop3:
         host, port = entry.sock.getsockname()[:2]
-        log.info("listening on %s:%d (tls=%s)", host, port, entry.listener.tls)
+        proxy = ", proxy_protocol" if entry.listener.proxy_protocol else ""
+        log.info("listening on %s:%d (tls=%s%s)", host, port, entry.listener.tls, proxy)
     for sock in bound.lmtp:
         if bound.lmtp_path is not None:
             log.info("lmtp listening on %s", bound.lmtp_path)

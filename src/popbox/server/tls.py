@@ -10,6 +10,7 @@ sessions keep the context they started with.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import ssl
@@ -101,3 +102,22 @@ class TlsManager:
         self.listener_context.minimum_version = _VERSIONS[files[2]]
         log.info("TLS certificate and key reloaded from %s", files[0])
         return True
+
+
+def channel_binding(transport: asyncio.BaseTransport) -> tuple[str, bytes] | None:
+    """RFC 5929 tls-server-end-point of the certificate a connection got; None without
+    our own TLS on it (none yet, or TLS that ended at a proxy)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    context = getattr(ssl_object, "context", None)
+    if not isinstance(context, ServerContext):
+        return None
+    return ("tls-server-end-point", context.server_end_point)
+
+
+def tls_details(transport: asyncio.BaseTransport) -> tuple[str, str]:
+    """(version, cipher) of a connection's own TLS, for the log."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return "?", "?"
+    cipher = ssl_object.cipher()
+    return ssl_object.version() or "?", cipher[0] if cipher else "?"
