@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import smtplib
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ CONTRIB = Path(__file__).parents[2] / "contrib" / "haproxy" / "haproxy.cfg"
 FILTER = Path(__file__).parents[2] / "contrib" / "fail2ban" / "filter.d" / "popbox.conf"
 TRUSTED = '["127.0.0.1/32"]'
 REFUSED = b"-ERR [AUTH] plaintext authentication disallowed without TLS\r\n"
+# What LMTP delivery puts on top (delivery/message.py), as Postfix and Dovecot do.
+LMTP_TRACE = b"Return-Path: <sender@example.org>\r\nDelivered-To: alice\r\n"
 
 StartHAProxy = Callable[[Path, str, list[int]], HAProxy]
 
@@ -221,10 +224,30 @@ class SharedStore:
     stored: Callable[[str], int]
 
 
-@pytest.fixture(params=["maildir"])
+@pytest.fixture(params=["maildir", "postgresql"])
 def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> SharedStore:
-    """One parameter per store kind; each must keep the maildrop lock across processes."""
+    """One parameter per store kind; each must keep the maildrop lock across processes
+    (for PostgreSQL: across machines, as an advisory lock on the session's connection)."""
     root = tmp_path / "shared-mail"
+    if request.param == "postgresql":
+        from pg_helpers import deliver as pg_deliver  # noqa: PLC0415
+
+        url: str = request.getfixturevalue("pg_url")
+        server = request.getfixturevalue("pg_server")
+        database: str = request.getfixturevalue("pg_database")
+
+        def count(user: str) -> int:
+            query = (
+                "SELECT count(*) FROM messages m JOIN maildrops d ON d.id = m.maildrop_id"
+                " WHERE d.name = $1"
+            )
+            return int(server.sql(query, user, database=database)[0][0])
+
+        return SharedStore(
+            mail_toml=f'[mail]\nlocation = "{url}"\n',
+            deliver=lambda user, messages: pg_deliver(url, user, messages),
+            stored=count,
+        )
     if request.param == "maildir":
 
         def deliver(user: str, messages: list[bytes]) -> None:
@@ -245,10 +268,11 @@ def start_node(root: Path, name: str, store: SharedStore) -> PopboxServer:
     users.write_text("".join(f"{u}:{s}\n" for u, s in USERS.items()))
     config = root / "popbox.toml"
     config.write_text(
-        f'hostname = "{name}"\n'
+        f'hostname = "{name}"\nworkers = 1\nshutdown_timeout = 0\n'
         + proxy_listener()
         + f'[auth]\npasswd_file = "{users}"\nfailure_delay = 0.3\nfailure_delay_max = 0.3\n'
         + store.mail_toml
+        + '[lmtp]\naddress = "127.0.0.1"\nport = 0\n'
     )
     return launch(root, config)
 
@@ -263,8 +287,12 @@ def node_of(client: RawClient) -> str:
 def test_two_nodes_share_the_lock_and_survive_a_kill(
     haproxy: StartHAProxy, tmp_path: Path, shared_store: SharedStore
 ) -> None:
-    shared_store.deliver("alice", MESSAGES)
+    shared_store.deliver("alice", MESSAGES[:2])
     nodes = {name: start_node(tmp_path / name, name, shared_store) for name in ("a", "b")}
+    # Mail delivered by LMTP to node a is served by whichever node HAProxy picks.
+    lmtp_port = int(nodes["a"].log.wait_for(r"lmtp listening on 127\.0\.0\.1:(\d+)").group(1))
+    with smtplib.LMTP("127.0.0.1", lmtp_port) as lmtp:
+        assert lmtp.sendmail("sender@example.org", ["alice"], crlf(MESSAGES[2])) == {}
     port = free_port()
     backend = "    balance roundrobin\n    retries 3\n    option redispatch 1\n"
     backend += "    default-server send-proxy-v2 check inter 200ms fall 1 rise 1\n"
@@ -291,6 +319,13 @@ def test_two_nodes_share_the_lock_and_survive_a_kill(
     assert first.command(b"DELE 1") == b"+OK message 1 deleted\r\n"
     first.send(b"RETR 2\r\n")
     assert first.read_multiline().endswith(b"message 2\r\n.\r\n")
+    first.send(b"RETR 3\r\n")
+    assert first.read_multiline() == (
+        b"+OK %d octets\r\n" % (len(LMTP_TRACE) + len(crlf(MESSAGES[2])))
+        + LMTP_TRACE
+        + crlf(MESSAGES[2])
+        + b".\r\n"
+    )
     nodes[holder].kill()
     assert first.read_until_closed() == b""
     proxy.log.wait_for(rf"Server popbox/{holder} is DOWN")
