@@ -424,3 +424,22 @@ def no_login_since(server: PopboxServer, start: int, context: ssl.SSLContext) ->
     with server.log.cond:
         lines = server.log.lines[start:]
     assert not [line for line in lines if "login ok" in line], "\n".join(lines)
+
+
+def fail2ban_matches(lines: list[str], filter_file: Path, directory: Path) -> tuple[int, list[str]]:
+    """Run the real `fail2ban-regex -v` with `filter_file` over these log lines: the
+    number of failregex matches and the hosts it found, sorted."""
+    log = directory / "popbox-for-fail2ban.log"
+    log.write_text("\n".join(lines) + "\n")
+    result = subprocess.run(
+        ["fail2ban-regex", "-v", str(log), str(filter_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    matched = re.search(r"Failregex: (\d+) total", result.stdout)
+    assert matched, result.stdout
+    # fail2ban-regex lists each match as "|      <HOST>  <date>" under the regex.
+    hosts = re.findall(r"^\|\s+(127\.0\.0\.\d+)\s+\w{3} \w{3}", result.stdout, re.MULTILINE)
+    return int(matched.group(1)), sorted(hosts)

@@ -4,14 +4,12 @@ fail2ban-regex against popbox's own log."""
 
 from __future__ import annotations
 
-import re
-import subprocess
 import time
 from pathlib import Path
 
 from conftest import Starter
 
-from server_helpers import RawClient
+from server_helpers import RawClient, fail2ban_matches
 
 USERS = {"alice": "{PLAIN}secret", "bob": "{PLAIN}bobpw"}
 FILTER = Path(__file__).parents[2] / "contrib" / "fail2ban" / "filter.d" / "popbox.conf"
@@ -113,18 +111,4 @@ def test_fail2ban_filter_matches_popbox_log(popbox: Starter, tmp_path: Path) -> 
     server.log.wait_for(r"login failed user=nobody client=127\.0\.0\.3")
     server.log.wait_for(r"login ok user=bob")
     server.stop()
-    log = tmp_path / "popbox.log"
-    log.write_text("\n".join(server.log.lines) + "\n")
-    result = subprocess.run(
-        ["fail2ban-regex", "-v", str(log), str(FILTER)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    matched = re.search(r"Failregex: (\d+) total", result.stdout)
-    assert matched, result.stdout
-    assert int(matched.group(1)) == 2
-    # fail2ban-regex lists each match as "|      <HOST>  <date>" under the regex.
-    hosts = re.findall(r"^\|\s+(127\.0\.0\.\d+)\s+\w{3} \w{3}", result.stdout, re.MULTILINE)
-    assert sorted(hosts) == ["127.0.0.1", "127.0.0.3"]
+    assert fail2ban_matches(server.log.lines, FILTER, tmp_path) == (2, ["127.0.0.1", "127.0.0.3"])

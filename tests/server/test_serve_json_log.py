@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from conftest import Starter
 
-from server_helpers import RawClient, crlf
+from server_helpers import RawClient, crlf, fail2ban_matches
 
 FILTER = Path(__file__).parents[2] / "contrib" / "fail2ban" / "filter.d" / "popbox-json.conf"
 USERS = {"alice": "{PLAIN}Pa55-alice"}
@@ -111,17 +110,4 @@ def test_fail2ban_json_filter_matches_popbox_json_log(popbox: Starter, tmp_path:
     assert busy.login("alice", "Pa55-alice").startswith(b"-ERR [IN-USE]")
     server.log.wait_for(r"reason=in-use")
     server.stop()
-    log = tmp_path / "popbox.json.log"
-    log.write_text("\n".join(server.log.lines) + "\n")
-    result = subprocess.run(
-        ["fail2ban-regex", "-v", str(log), str(FILTER)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    matched = re.search(r"Failregex: (\d+) total", result.stdout)
-    assert matched, result.stdout
-    assert int(matched.group(1)) == 2
-    hosts = re.findall(r"^\|\s+(127\.0\.0\.\d+)\s+\w{3} \w{3}", result.stdout, re.MULTILINE)
-    assert sorted(hosts) == ["127.0.0.1", "127.0.0.3"]
+    assert fail2ban_matches(server.log.lines, FILTER, tmp_path) == (2, ["127.0.0.1", "127.0.0.3"])
