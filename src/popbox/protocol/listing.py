@@ -26,7 +26,10 @@ class Listing:
     )
 
     def __init__(self, messages: Sequence[ListedMessage] | ListedColumns = ()) -> None:
-        if isinstance(messages, ListedColumns):
+        # list and tuple first: isinstance() against the runtime-checkable ListedColumns
+        # walks the protocol's members (tens of microseconds), and every connection makes
+        # an empty Listing before login; in a burst of connects that adds up.
+        if not isinstance(messages, list | tuple) and isinstance(messages, ListedColumns):
             self._keys = messages.keys
             self._octets = messages.octet_counts
             self._unique_ids = messages.unique_ids
