@@ -87,6 +87,38 @@ def test_encoder_agrees_with_naive_model(
     assert encode(message, top, block) == model(message, top)
 
 
+@settings(max_examples=300, deadline=None)
+@given(MESSAGE, st.binary(max_size=3), st.integers(min_value=1, max_value=9))
+def test_octets_sent_are_the_listed_size(body: bytes, tail: bytes, block: int) -> None:
+    """The encoder's own count is what LIST announces (storage/octets.py counts it from
+    the stored bytes), however the message is cut into blocks; any other size is a
+    size_problem, so the driver never sends a reply of the wrong size."""
+    message = body + tail
+    encoder = MessageEncoder()
+    for i in range(0, len(message), block):
+        encoder.feed(message[i : i + block])
+        assert encoder.size_problem(wire_size(message)) is None
+    encoder.finish()
+    assert encoder.octets == wire_size(message)
+    assert encoder.size_problem(wire_size(message)) is None
+    assert encoder.size_problem(wire_size(message) + 1) is not None  # the file shrank
+    if message:
+        assert encoder.size_problem(wire_size(message) - 1) is not None  # it grew
+
+
+def test_size_problem_mid_stream_and_for_top() -> None:
+    encoder = MessageEncoder()
+    encoder.feed(b"0123456789\n")  # 12 octets on the wire
+    assert encoder.size_problem(12) is None
+    assert encoder.size_problem(100) is None  # more may follow
+    assert encoder.size_problem(11) == "11 octets listed, more than that stored"
+    top = MessageEncoder(top_lines=0)
+    top.feed(b"H: 1\n\nbody\n")
+    top.finish()
+    assert top.size_problem(14) is None  # TOP sends less than the whole message
+    assert top.size_problem(5) is not None
+
+
 def test_encode_lines_stuffs_and_terminates() -> None:
     assert encode_lines([b"1 2", b".x"]) == b"1 2\r\n..x\r\n.\r\n"
     assert encode_lines([]) == b".\r\n"

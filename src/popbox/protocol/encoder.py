@@ -41,6 +41,10 @@ class MessageEncoder:
     feed(block) returns the wire bytes for that block; finish() returns the closing bytes
     (the final CRLF if the message lacked one, and the terminating ".\\r\\n"). `done` turns
     true once TOP's cut point has been passed: the driver may stop reading then.
+    `octets` counts the message octets sent so far as RFC 1939 section 11 sizes them (line
+    ends as CRLF, the CRLF added after a last line without one; no stuffing dots, no
+    terminator, no workaround's added blank line): after finish() a RETR's count must be
+    the size LIST announced, or the stored message changed under the session.
     """
 
     __slots__ = (
@@ -54,6 +58,7 @@ class MessageEncoder:
         "_nothing_sent",
         "done",
         "is_top",
+        "octets",
     )
 
     def __init__(
@@ -74,6 +79,7 @@ class MessageEncoder:
         self._body_lines_left = top_lines
         self.done = False
         self.is_top = top_lines is not None
+        self.octets = 0
         # Dovecot's pop3_client_workarounds: outlook-no-nuls sends NUL octets as 0x80
         # (Outlook stops at a NUL); oe-ns-eoh sends the blank line that ends the header
         # when a message has none (Outlook Express and Netscape Mail need it).
@@ -100,10 +106,21 @@ class MessageEncoder:
         if not self._nothing_sent and not self._last_octets.endswith(b"\r\n"):
             # RFC 1939 section 3: every line of a multi-line response ends with CRLF.
             tail += b"\r\n"
+            self.octets += 2
         if self._add_eoh and self._in_header and not self.done and not self._nothing_sent:
             tail += b"\r\n"
         self.done = True
         return tail + TERMINATOR
+
+    def size_problem(self, announced: int) -> str | None:
+        """Why what was sent so far cannot be the message LIST sized `announced` octets
+        (RFC 1939 section 11): more octets, or, once a RETR is finished, fewer. None if it
+        still can. A store whose message changed under the session shows up here."""
+        if self.octets > announced:
+            return f"{announced} octets listed, more than that stored"
+        if self.done and not self.is_top and self.octets != announced:
+            return f"{announced} octets listed, {self.octets} stored"
+        return None
 
     def _emit(self, data: bytes) -> bytes:
         body_from = 0
@@ -118,6 +135,7 @@ class MessageEncoder:
             data = self._cut_body(data, body_from)
         if not data:
             return b""
+        self.octets += len(data)
         out = _stuff(data, at_line_start=self._at_line_start)
         self._at_line_start = data.endswith(b"\n")
         self._last_octets = (self._last_octets + data)[-3:]

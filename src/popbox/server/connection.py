@@ -15,6 +15,7 @@ import time
 from typing import cast
 
 from popbox.logsetup import bind_session, new_session_id
+from popbox.protocol.encoder import MessageEncoder
 from popbox.protocol.events import (
     Authenticate,
     AuthenticateApop,
@@ -344,6 +345,7 @@ class Pop3Connection(asyncio.Protocol):
         stream = self._maildrop.read(event.message.key)
         encoder = event.encoder
         start = self.acct.retrieval_started()
+        status_sent = False
         try:
             try:
                 first = await anext(stream, b"")
@@ -359,19 +361,29 @@ class Pop3Connection(asyncio.Protocol):
             async for block in stream:
                 if encoder.done:
                     break
+                _check_octets(event, encoder)
                 self._write(pending)
+                status_sent = True
                 await self._drain()
                 pending = encoder.feed(block)
             # The end of the reply leaves with its last block: one write, no small tail.
-            self._write(pending + encoder.finish())
+            pending += encoder.finish()
+            _check_octets(event, encoder)
         except (StoreError, OSError) as error:
             self._ctx.metrics.store_error("read")
+            if isinstance(error, MessageChanged):
+                await self._maildrop.message_changed(event.message.key)
+            if not status_sent:  # nothing sent yet: the reply can still be -ERR
+                log.error("read failed user=%s error=%s", session.user, error)
+                self._write(session.retrieve_failed(message_gone=False).data)
+                return
             log.error("read failed after +OK user=%s error=%s", session.user, error)
             raise ConnectionError("store failed during RETR") from error
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+        self._write(pending)
         session.retrieve_done()
         self.acct.retrieval_done(start, top=encoder.is_top)
         if not encoder.is_top:
@@ -403,3 +415,14 @@ class Pop3Connection(asyncio.Protocol):
         maildrop, self._maildrop = self._maildrop, None
         if maildrop is not None:
             await maildrop.close()
+
+
+class MessageChanged(StoreError):
+    """The stored message is not the size the listing announced."""
+
+
+def _check_octets(event: Retrieve, encoder: MessageEncoder) -> None:
+    """Never a reply of another size than announced: the stored message changed."""
+    if (problem := encoder.size_problem(event.message.octets)) is not None:
+        number = event.message_number
+        raise MessageChanged(f"message {number} changed under the session: {problem}")

@@ -139,6 +139,12 @@ class Maildrop(Protocol):
         time is kept). Called in UPDATE, before delete(); best effort (EXPIRE only)."""
         ...
 
+    async def message_changed(self, key: str) -> None:
+        """What read(key) gave is not the size the listing announced: the message was
+        changed under the session by another program. Forget what the store remembers of
+        it, so that the next open measures it again. Best effort; never raises."""
+        ...
+
     async def close(self) -> None:
         """Release the lock and every resource. Safe to call more than once."""
         ...

@@ -13,6 +13,7 @@ maildrops.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -25,6 +26,30 @@ LOCK_FILE_NAME = "popbox-pop3.lock"
 
 # Created owner-only: the lock file carries no data, nobody else needs it.
 _LOCK_FILE_MODE = 0o600
+
+# open(2) errors that mean "not writable here" rather than "broken".
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _open_lock_file(path: str) -> int:
+    """Open (creating it if missing) the lock file. On a store we may not write (a
+    read-only mount, a maildrop whose modes forbid it) an existing lock file is opened
+    read-only: flock(2) needs no write access, and reading the maildrop needs nothing
+    more, so such a maildrop can still be served (its UPDATE then fails and says so)."""
+    # O_NOFOLLOW: a symlink planted in a user-writable maildrop must not make us
+    # create or lock a file elsewhere.
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags | os.O_RDWR | os.O_CREAT, _LOCK_FILE_MODE)
+    except OSError as exc:
+        if exc.errno not in _NOT_WRITABLE:
+            raise StoreError(f"cannot open lock file {path!r}: {exc.strerror}") from exc
+        refused = exc
+    try:
+        return os.open(path, flags | os.O_RDONLY)
+    except OSError as exc:
+        # Missing and not creatable here: no lock can be taken, so no session.
+        raise StoreError(f"cannot open lock file {path!r}: {refused.strerror}") from exc
 
 
 class MaildropLock:
@@ -43,13 +68,7 @@ class MaildropLock:
         Raises MaildropLocked if another open holds it, StoreError on any other failure.
         """
         path = os.path.join(directory, LOCK_FILE_NAME)
-        # O_NOFOLLOW: a symlink planted in a user-writable maildrop must not make us
-        # create or lock a file elsewhere.
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            fd = os.open(path, flags, _LOCK_FILE_MODE)
-        except OSError as exc:
-            raise StoreError(f"cannot open lock file {path!r}: {exc.strerror}") from exc
+        fd = _open_lock_file(path)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise StoreError(f"lock file {path!r} is not a regular file")

@@ -213,6 +213,16 @@ class MaildirMaildrop:
         except OSError as exc:
             raise StoreError(f"cannot write maildrop cache in {self.path!r}: {exc}") from exc
 
+    async def message_changed(self, key: str) -> None:
+        """Drop the message's cache entry (its size): the next open lists the maildrop
+        again and measures the file as it is now."""
+        if self.closed or not self._cache.forget([key]):
+            return
+        try:
+            await asyncio.to_thread(self._cache.save)
+        except OSError as exc:
+            logger.warning("cannot write maildrop cache in %r: %s", self.path, exc)
+
     async def close(self) -> None:
         """Release the lock (RFC 1939 section 6). Safe to call more than once."""
         self._lock.release()

@@ -24,7 +24,6 @@ from typing import Any, Final, TypeVar
 from popbox.storage.base import (
     DeleteResult,
     MaildropLocked,
-    MessageGone,
     MessageInfo,
     StoreError,
 )
@@ -51,6 +50,9 @@ _BLOCKS_PER_HOP: Final = 4
 # The dotlock is renewed this many times per stale period, so that no program (using our
 # dotlock_stale or a longer one) ever takes the lock of a live session for stale.
 _REFRESHES_PER_STALE_PERIOD: Final = 3
+
+# The mbox as the snapshot saw it: (size, mtime, ctime) in ns; None: there was no file.
+_Stamp = tuple[int, int, int] | None
 
 
 def _check_template(template: str) -> None:
@@ -102,9 +104,9 @@ class MboxStore:
         """
         path = self.location(user)
         opener = partial(_open_session, path, self.mbox_format, self.dotlock_stale)
-        lock, snapshot = await in_thread_owned(opener, lambda opened: opened[0].release())
+        lock, snapshot, stamp = await in_thread_owned(opener, lambda opened: opened[0].release())
         refresh = self.dotlock_stale / _REFRESHES_PER_STALE_PERIOD
-        return MboxMaildrop(path, lock, snapshot, self.mbox_format, refresh)
+        return MboxMaildrop(path, lock, snapshot, self.mbox_format, refresh, stamp=stamp)
 
     async def deliver(
         self, user: str, message: bytes, *, envelope_sender: str = DEFAULT_SENDER
@@ -132,19 +134,17 @@ class MboxStore:
 
 def _open_session(
     path: str, mbox_format: MboxFormat, stale: float
-) -> tuple[MboxLock, MboxSnapshot]:
+) -> tuple[MboxLock, MboxSnapshot, _Stamp]:
     lock = MboxLock.try_acquire(path, stale_after=stale, create=False)
     if lock is None:
         raise MaildropLocked(f"mbox {path!r} is locked by another session or program")
     try:
         if lock.fd < 0:
-            return lock, MboxSnapshot(size=0, entries=())
+            return lock, MboxSnapshot(size=0, entries=()), None
         recover_append(path, lock.fd)  # a delivery cut short by a crash
-        try:
-            size = os.fstat(lock.fd).st_size
-        except OSError as exc:
-            raise StoreError(f"cannot stat mbox {path!r}: {exc.strerror}") from exc
-        return lock, take_snapshot(lock.fd, size, mbox_format, load_retrievals(path))
+        stamp = _stamp(lock.fd, path)
+        snapshot = take_snapshot(lock.fd, stamp[0], mbox_format, load_retrievals(path))
+        return lock, snapshot, stamp
     except BaseException:
         lock.release()
         raise
@@ -160,9 +160,12 @@ class MboxMaildrop:
         snapshot: MboxSnapshot,
         mbox_format: MboxFormat,
         refresh_interval: float,
+        *,
+        stamp: _Stamp = None,
     ) -> None:
         self.path = path
         self._lock = lock
+        self._stamp = stamp
         self._format: MboxFormat = mbox_format
         self._size = snapshot.size
         self._listing = snapshot.listing
@@ -207,18 +210,20 @@ class MboxMaildrop:
     async def read(self, key: str) -> AsyncGenerator[bytes, None]:
         """Yield the message (unquoted for mboxrd) in blocks of at most READ_BLOCK_SIZE.
 
-        Raises MessageGone before the first block if the message is no longer where the
-        snapshot found it, StoreError on I/O errors, KeyError for a key not in the listing.
+        Raises StoreError if the file is no longer the one the snapshot describes (a
+        program that ignores the locks wrote to it: the listed offsets may now hold other
+        bytes, so nothing is served from them), or on I/O errors; KeyError for a key not
+        in the listing.
         """
         entry = self._entry(key)
         stream = MessageStream(self._lock.fd, entry.start, entry.end, self._format)
-        hop = partial(_first_blocks, self._lock.fd, entry, stream, self.path)
+        hop = partial(_first_blocks, self._lock.fd, entry, stream, self.path, self._stamp)
         while not stream.finished:
             for block in await self._in_worker(hop):
                 yield block
             # Closed meanwhile: the descriptor number may already name another file.
             self._check_usable()
-            hop = partial(stream.next_blocks, _BLOCKS_PER_HOP)
+            hop = partial(_next_blocks, self._lock.fd, stream, self.path, self._stamp)
 
     async def record_retrievals(self, keys: Sequence[str], when: float) -> None:
         """Remember first retrieval times in `<mbox>.popbox` (an existing time is kept)."""
@@ -254,6 +259,9 @@ class MboxMaildrop:
             except StoreError as exc:
                 logger.warning("%s", exc)
         return DeleteResult(removed=tuple(unique), failed=())
+
+    async def message_changed(self, key: str) -> None:
+        """Nothing is remembered across sessions: the next open parses the file again."""
 
     async def close(self) -> None:
         """Release both locks (RFC 1939 section 6), once running reads have stopped.
@@ -303,7 +311,32 @@ class MboxMaildrop:
         self._schedule_refresh()
 
 
-def _first_blocks(fd: int, entry: MboxEntry, stream: MessageStream, path: str) -> list[bytes]:
-    if not is_separator_at(fd, entry.separator):
-        raise MessageGone(f"message {entry.info.key!r} is gone from {path!r}")
-    return stream.next_blocks(_BLOCKS_PER_HOP)
+def _stamp(fd: int, path: str) -> tuple[int, int, int]:
+    try:
+        status = os.fstat(fd)
+    except OSError as exc:
+        raise StoreError(f"cannot stat mbox {path!r}: {exc.strerror}") from exc
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
+def _check_unchanged(fd: int, path: str, stamp: _Stamp) -> None:
+    """While we hold the locks, writers that lock wait: a write (or chmod, truncate ...)
+    since the snapshot comes from a program that ignores them. The data at the listed
+    offsets may be another message's now (a rewrite in place), so serve nothing."""
+    if stamp is not None and _stamp(fd, path) != stamp:
+        raise StoreError(f"mbox {path!r} changed under the session (by a program ignoring locks)")
+
+
+def _first_blocks(
+    fd: int, entry: MboxEntry, stream: MessageStream, path: str, stamp: _Stamp
+) -> list[bytes]:
+    _check_unchanged(fd, path, stamp)
+    if not is_separator_at(fd, entry.separator):  # changed within the clock's resolution
+        raise StoreError(f"mbox {path!r} changed under the session near message {entry.info.key!r}")
+    return _next_blocks(fd, stream, path, stamp)
+
+
+def _next_blocks(fd: int, stream: MessageStream, path: str, stamp: _Stamp) -> list[bytes]:
+    blocks = stream.next_blocks(_BLOCKS_PER_HOP)
+    _check_unchanged(fd, path, stamp)  # after reading: what was read is what was listed
+    return blocks

@@ -240,6 +240,9 @@ class PostgresMaildrop:
         except DB_ERRORS as exc:
             raise StoreError(f"cannot record retrievals: {describe(exc)}") from exc
 
+    async def message_changed(self, key: str) -> None:
+        """Messages never change in the database (their octets are counted at delivery)."""
+
     async def close(self) -> None:
         """End the session's connection, which releases the lock. Safe to call twice."""
         conn, self._conn = self._conn, None
