@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from popbox.server.expire import expired_keys
+from popbox.server.update import expired_keys
 from popbox.storage.base import MessageInfo
 
 DAY = 86400.0

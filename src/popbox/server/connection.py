@@ -15,7 +15,6 @@ import time
 from typing import cast
 
 from popbox.logsetup import bind_session, new_session_id
-from popbox.protocol.encoder import MessageEncoder
 from popbox.protocol.events import (
     Authenticate,
     AuthenticateApop,
@@ -39,9 +38,10 @@ from popbox.server.context import (
     ProxiedClient,
     ServerContext,
 )
-from popbox.server.expire import expired_keys
 from popbox.server.login import LoginHandler, printable
+from popbox.server.retrieval import MessageChanged, check_octets
 from popbox.server.tls import channel_binding, tls_details
+from popbox.server.update import commit_update
 from popbox.storage.base import Maildrop, MessageGone, StoreError
 
 log = logging.getLogger("popbox.session")
@@ -361,14 +361,14 @@ class Pop3Connection(asyncio.Protocol):
             async for block in stream:
                 if encoder.done:
                     break
-                _check_octets(event, encoder)
+                check_octets(event, encoder)
                 self._write(pending)
                 status_sent = True
                 await self._drain()
                 pending = encoder.feed(block)
             # The end of the reply leaves with its last block: one write, no small tail.
             pending += encoder.finish()
-            _check_octets(event, encoder)
+            check_octets(event, encoder)
         except (StoreError, OSError) as error:
             self._ctx.metrics.store_error("read")
             if isinstance(error, MessageChanged):
@@ -390,39 +390,21 @@ class Pop3Connection(asyncio.Protocol):
             self._retrieved.add(event.message.key)
 
     async def _update(self, session: Pop3Session, event: CommitUpdate) -> Event:
-        """RFC 1939 section 6: remove the marked messages (and, RFC 2449 EXPIRE, the
-        expired ones), then release the maildrop."""
-        maildrop = self._maildrop
-        assert maildrop is not None
-        now = time.time()
-        if self._retrieved:
-            try:
-                await maildrop.record_retrievals(sorted(self._retrieved), now)
-            except (StoreError, OSError) as error:
-                self._ctx.metrics.store_error("update")
-                log.warning("retrieval times not saved user=%s error=%s", session.user, error)
-        expired = expired_keys(maildrop.listing, self._retrieved, self._expire_days, now)
-        expired -= set(event.keys)
-        result = await maildrop.delete([*event.keys, *sorted(expired)])
-        self.acct.removed(len(result.removed))
-        if result.failed:
-            self._ctx.metrics.store_error("update")
-            log.error("update user=%s not removed=%d", session.user, len(result.failed))
+        """RFC 1939 section 6, UPDATE (server/update.py), then release the maildrop."""
+        assert self._maildrop is not None
+        answer = await commit_update(
+            self._ctx,
+            session,
+            self._maildrop,
+            event.keys,
+            retrieved=self._retrieved,
+            expire_days=self._expire_days,
+        )
+        self.acct.removed(answer.removed)
         await self._release()
-        return session.update_done(failed=len(result.failed), expired=len(expired))
+        return answer.reply
 
     async def _release(self) -> None:
         maildrop, self._maildrop = self._maildrop, None
         if maildrop is not None:
             await maildrop.close()
-
-
-class MessageChanged(StoreError):
-    """The stored message is not the size the listing announced."""
-
-
-def _check_octets(event: Retrieve, encoder: MessageEncoder) -> None:
-    """Never a reply of another size than announced: the stored message changed."""
-    if (problem := encoder.size_problem(event.message.octets)) is not None:
-        number = event.message_number
-        raise MessageChanged(f"message {number} changed under the session: {problem}")
