@@ -331,7 +331,9 @@ class Pop3Connection(asyncio.Protocol):
             return "autologout"
         self._ctx.idle.add(self._data_arrived)
         try:
-            await asyncio.wait_for(self._data_arrived.wait(), timeout)
+            # asyncio.timeout: a timer on this task, not a new task per command (wait_for).
+            async with asyncio.timeout(timeout):
+                await self._data_arrived.wait()
         except TimeoutError:
             return "autologout"
         finally:

@@ -31,16 +31,19 @@ async def commit_update(
     retrieved: set[str],
     expire_days: int | None,
 ) -> UpdateAnswer:
-    """Record first retrievals (best effort), remove the marked and expired messages, and
-    the core's reply: +OK, or -ERR if some could not be removed."""
+    """Record first retrievals (best effort; only where EXPIRE applies: they are what it
+    counts from), remove the marked and expired messages, and the core's reply: +OK, or
+    -ERR if some could not be removed. A QUIT that removes nothing touches no file."""
     now = time.time()
-    if retrieved:
+    if retrieved and expire_days is not None:
         try:
             await maildrop.record_retrievals(sorted(retrieved), now)
         except (StoreError, OSError) as error:
             ctx.metrics.store_error("update")
             log.warning("retrieval times not saved user=%s error=%s", session.user, error)
     expired = expired_keys(maildrop.listing, retrieved, expire_days, now) - set(keys)
+    if not keys and not expired:
+        return UpdateAnswer(session.update_done(failed=0, expired=0), 0)
     result = await maildrop.delete([*keys, *sorted(expired)])
     if result.failed:
         ctx.metrics.store_error("update")
