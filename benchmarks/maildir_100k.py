@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from popbox.storage.maildir import MaildirStore  # noqa: E402
 from popbox.storage.maildir_cache import CACHE_FILE_NAME  # noqa: E402
-from server_helpers import launch, write_config  # noqa: E402
 
 PASSWORD = "bench"
 USERS = ("named", "plain")
@@ -136,6 +135,10 @@ def run(root: Path, count: int, *, server: bool) -> int:
         fill_more(mail / user / "Maildir", 10, start=count, size_fields=user == "named")
         rows.append((user, "open, cached + 10 new", timed(partial(open_once, store, user))))
     if server:
+        # Imported here: the test helpers need pytest, which compare.py (importing fill()
+        # from this module) does not.
+        from server_helpers import launch, write_config  # noqa: PLC0415
+
         (root / "users").write_text("".join(f"{user}:{{PLAIN}}{PASSWORD}\n" for user in USERS))
         popbox = launch(root, write_config(root, {}))
         try:
