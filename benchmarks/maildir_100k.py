@@ -31,7 +31,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from popbox.storage.maildir import MaildirStore  # noqa: E402
 from popbox.storage.maildir_cache import CACHE_FILE_NAME  # noqa: E402
 from popbox.storage.maildir_listing import DirStamps  # noqa: E402
-from server_helpers import launch, write_config  # noqa: E402
 
 PASSWORD = "bench"
 USERS = ("named", "plain")
@@ -137,6 +136,10 @@ def run(root: Path, count: int, *, server: bool) -> int:
         fill_more(mail / user / "Maildir", 10, start=count, size_fields=user == "named")
         rows.append((user, "open, cached + 10 new", timed(partial(open_once, store, user))))
     if server:
+        # Imported here: the test helpers need pytest, which compare.py (importing fill()
+        # from this module) does not.
+        from server_helpers import launch, write_config  # noqa: PLC0415
+
         # A maildrop at rest: new/ and cur/ last changed longer ago than DirStamps.SETTLE_NS,
         # so the cache written by the cold session may stand in for listing them.
         time.sleep(DirStamps.SETTLE_NS / 1e9 + 0.5)
