@@ -167,11 +167,17 @@ class MaildirMaildrop:
         other I/O errors, KeyError for a key not in the listing.
         """
         path = self._snapshot_path(key)
-        fd, found = await in_thread_owned(partial(_open_message, self.path, key, path), _close)
+        # One worker-thread hop opens the file and reads its first blocks; a message that
+        # fits in them (most do) is closed in that same hop.
+        fd, found, blocks = await in_thread_owned(
+            partial(_open_and_read, self.path, key, path), _close_opened
+        )
         self._paths[key] = found
         loop = asyncio.get_running_loop()
         try:
-            while True:
+            for block in blocks:
+                yield block
+            while fd >= 0:
                 reading = loop.run_in_executor(None, _read_blocks, fd, found)
                 try:
                     blocks = await asyncio.shield(reading)
@@ -228,8 +234,24 @@ class MaildirMaildrop:
         self._lock.release()
 
 
-def _close(opened: tuple[int, str]) -> None:
-    os.close(opened[0])
+def _close_opened(opened: tuple[int, str, list[bytes]]) -> None:
+    if opened[0] >= 0:
+        os.close(opened[0])
+
+
+def _open_and_read(maildir: str, key: str, path: str) -> tuple[int, str, list[bytes]]:
+    """Open the message and read its first blocks: (fd, path, blocks), with fd -1 (closed)
+    when the message ended within them."""
+    fd, found = _open_message(maildir, key, path)
+    try:
+        blocks = _read_blocks(fd, found)
+    except BaseException:
+        os.close(fd)
+        raise
+    if len(blocks) < _BLOCKS_PER_HOP:
+        os.close(fd)
+        fd = -1
+    return fd, found, blocks
 
 
 def _close_after(fd: int, future: asyncio.Future[list[bytes]]) -> None:
