@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import ssl
 import sys
@@ -323,7 +324,14 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner()
     with runner:
         result: Outcome = runner.run(WORKLOADS[args.workload](target, args))
-    print(json.dumps(result), flush=True)
+    # The event loop may have left our pipes non-blocking: a result longer than the pipe
+    # buffer (64 KiB) would then be cut short. Written whole, blocking, past any buffer.
+    sys.stdout.flush()
+    fd = sys.stdout.fileno()
+    os.set_blocking(fd, True)
+    view = memoryview((json.dumps(result) + "\n").encode())
+    while view:
+        view = view[os.write(fd, view) :]
     return 0
 
 
