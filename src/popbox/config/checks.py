@@ -269,23 +269,21 @@ def expire_policy(value: object) -> object:
 
 def system_user(value: object) -> object:
     """A user name in the system's passwd database (getpwnam, as setuid will need)."""
-    if not isinstance(value, str) or not value:
-        raise expected("a user name", value)
-    try:
-        pwd.getpwnam(value)
-    except KeyError:
-        raise ConfigError(f"no such user: {value!r}") from None
-    return value
+    return _system_name(value, "user", pwd.getpwnam)
 
 
 def system_group(value: object) -> object:
     """A group name in the system's group database (getgrnam)."""
+    return _system_name(value, "group", grp.getgrnam)
+
+
+def _system_name(value: object, what: str, lookup: Callable[[str], object]) -> object:
     if not isinstance(value, str) or not value:
-        raise expected("a group name", value)
+        raise expected(f"a {what} name", value)
     try:
-        grp.getgrnam(value)
+        lookup(value)
     except KeyError:
-        raise ConfigError(f"no such group: {value!r}") from None
+        raise ConfigError(f"no such {what}: {value!r}") from None
     return value
 
 
