@@ -22,6 +22,7 @@ import pytest
 from conftest import Starter, TlsFiles
 
 from haproxy_helpers import GLOBAL, RUNNING, HAProxy, free_port, start_haproxy
+from server_helpers import RUNNING as POPBOX_RUNNING
 from server_helpers import (
     PopboxServer,
     RawClient,
@@ -50,10 +51,13 @@ StartHAProxy = Callable[[Path, str, list[int]], HAProxy]
 
 @pytest.fixture
 def haproxy() -> Iterator[StartHAProxy]:
-    """start(directory, config text, frontend ports) -> a running haproxy."""
+    """start(directory, config text, frontend ports) -> a running haproxy. Also stops the
+    popbox nodes a test started itself (start_node), as the popbox fixture does."""
     yield start_haproxy
     while RUNNING:
         RUNNING.pop().stop()
+    while POPBOX_RUNNING:
+        POPBOX_RUNNING.pop().kill()
 
 
 def proxy_listener(tls: str = "none") -> str:
