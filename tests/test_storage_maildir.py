@@ -263,6 +263,67 @@ def test_read_streams_a_big_message_in_bounded_blocks(tmp_path: Path) -> None:
     assert b"".join(blocks) == data
 
 
+def _count_thread_reads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record every read the worker thread does (its open-and-read hop)."""
+    calls: list[object] = []
+    original = maildir_module._open_and_read
+
+    def counted(*args: str) -> tuple[int, str, list[bytes]]:
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(maildir_module, "_open_and_read", counted)
+    return calls
+
+
+def _evict_from_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # only clean pages can be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_small_cached_message_is_read_without_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"Subject: small\n\n" + b"x" * (READ_BLOCK_SIZE - 100)
+    deliver(maildir_of(tmp_path), "1700000000.M1P1.host", data)
+    calls = _count_thread_reads(monkeypatch)
+    assert with_drop(tmp_path, lambda drop: read_all(drop, drop.listing[0].key)) == [data]
+    assert calls == []
+
+
+@pytest.mark.parametrize("size", [READ_BLOCK_SIZE, READ_BLOCK_SIZE + 1, 3 * READ_BLOCK_SIZE])
+def test_message_of_a_block_or_more_is_read_by_the_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    data = os.urandom(size)
+    deliver(maildir_of(tmp_path), "1700000000.M1P1.host", data)
+    calls = _count_thread_reads(monkeypatch)
+    blocks = with_drop(tmp_path, lambda drop: read_all(drop, drop.listing[0].key))
+    assert b"".join(blocks) == data
+    assert len(calls) == 1
+
+
+def test_message_not_in_the_page_cache_is_read_by_the_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # preadv2(RWF_NOWAIT) says EAGAIN rather than wait for the disk: the event loop never
+    # waits for a read; the worker thread does it.
+    data = b"Subject: cold\n\n" + os.urandom(20_000)
+    path = deliver(maildir_of(tmp_path), "1700000000.M1P1.host", data)
+    calls = _count_thread_reads(monkeypatch)
+
+    async def body(drop: MaildirMaildrop) -> list[bytes]:
+        _evict_from_page_cache(path)
+        return await read_all(drop, drop.listing[0].key)
+
+    assert with_drop(tmp_path, body) == [data]
+    assert len(calls) == 1
+
+
 def test_read_empty_message_yields_nothing(tmp_path: Path) -> None:
     deliver(maildir_of(tmp_path), "1700000000.M1P1.host", b"")
     assert with_drop(tmp_path, lambda drop: read_all(drop, drop.listing[0].key)) == []
