@@ -316,11 +316,16 @@ def test_message_not_in_the_page_cache_is_read_by_the_worker_thread(
     path = deliver(maildir_of(tmp_path), "1700000000.M1P1.host", data)
     calls = _count_thread_reads(monkeypatch)
 
-    async def body(drop: MaildirMaildrop) -> list[bytes]:
-        _evict_from_page_cache(path)
-        return await read_all(drop, drop.listing[0].key)
+    async def body(drop: MaildirMaildrop) -> int:
+        # Pages another CPU has just added can escape one eviction: try a few times.
+        for attempt in range(1, 21):
+            _evict_from_page_cache(path)
+            assert await read_all(drop, drop.listing[0].key) == [data]
+            if calls:
+                return attempt
+        return 0
 
-    assert with_drop(tmp_path, body) == [data]
+    assert with_drop(tmp_path, body) > 0
     assert len(calls) == 1
 
 

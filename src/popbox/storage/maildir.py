@@ -78,6 +78,19 @@ def _prepare_and_lock(maildir: str) -> MaildropLock:
     return MaildropLock.acquire(maildir)
 
 
+def _lock_and_snapshot(maildir: str, settings: UidlSettings) -> tuple[MaildropLock, Snapshot]:
+    lock = _prepare_and_lock(maildir)
+    try:
+        return lock, take_snapshot(maildir, settings)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _release_opened(opened: tuple[MaildropLock, Snapshot]) -> None:
+    opened[0].release()
+
+
 class MaildirStore:
     """Maildrops at `location_template` (e.g. "/srv/mail/%u/Maildir"), one per user.
 
@@ -117,12 +130,10 @@ class MaildirStore:
         Raises InvalidMaildropUser, MaildropLocked or StoreError.
         """
         maildir = self.location(user)
-        lock = await in_thread_owned(partial(_prepare_and_lock, maildir), MaildropLock.release)
-        try:
-            snapshot = await asyncio.to_thread(take_snapshot, maildir, self.uidl_settings)
-        except BaseException:
-            lock.release()
-            raise
+        # One worker-thread hop for both; a lock whose open was cancelled is released.
+        lock, snapshot = await in_thread_owned(
+            partial(_lock_and_snapshot, maildir, self.uidl_settings), _release_opened
+        )
         return MaildirMaildrop(maildir, lock, snapshot)
 
     async def deliver(self, user: str, message: bytes) -> None:
