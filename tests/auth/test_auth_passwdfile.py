@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,6 +234,53 @@ def test_unknown_user_still_costs_a_verification(
     assert check_password(users, "nobody", PASSWORD) == INVALID
     # A fixed ARGON2ID hash, verified in a worker thread, not on the event loop's thread.
     assert calls == [("{ARGON2ID}", False)]
+
+
+class NoThreads(concurrent.futures.ThreadPoolExecutor):
+    """A default executor that refuses work: proves a step never left the event loop."""
+
+    def submit(self, *args: object, **kwargs: object) -> concurrent.futures.Future[Any]:
+        raise AssertionError("a worker-thread hop")
+
+
+def test_unchanged_file_and_digest_schemes_need_no_thread(users: Path) -> None:
+    async def main() -> list[AuthResult]:
+        auth = PasswdFileAuthenticator(users)
+        first = await auth.verify_password("bob", "bobs secret")  # the file is read: a thread
+        asyncio.get_running_loop().set_default_executor(NoThreads())
+        results = [
+            first,
+            await auth.verify_password("bob", "bobs secret"),  # {PLAIN}
+            await auth.verify_password("alice", PASSWORD),  # {SSHA256}
+            await auth.verify_password("alice", "wrong"),
+        ]
+        with pytest.raises(AssertionError, match="worker-thread hop"):
+            await auth.verify_password("crypt", PASSWORD)  # SHA512-CRYPT: 5000 rounds
+        with pytest.raises(AssertionError, match="worker-thread hop"):
+            await auth.verify_password("nobody", PASSWORD)  # the ARGON2ID dummy
+        users.write_bytes(USERS_FILE + b"\nerin:{PLAIN}e\n")
+        with pytest.raises(AssertionError, match="worker-thread hop"):
+            await auth.verify_password("erin", "e")  # a changed file is read again
+        return results
+
+    ok = [AuthResult(AuthOutcome.OK, "bob"), AuthResult(AuthOutcome.OK, "bob")]
+    assert asyncio.run(main()) == [*ok, AuthResult(AuthOutcome.OK, "alice"), INVALID]
+
+
+def test_entries_if_unchanged(users: Path) -> None:
+    db = PasswdFile(users)
+    assert db.entries_if_unchanged() is None  # never read
+    db.lookup("bob")
+    entries = db.entries_if_unchanged()
+    assert entries is not None and entries["bob"] == PasswdEntry("bob", "{PLAIN}bobs secret")
+    before = users.stat()
+    users.write_bytes(USERS_FILE.replace(b"bob:", b"rob:"))
+    os.utime(users, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    assert db.entries_if_unchanged() is None
+    assert db.lookup("rob") is not None
+    assert db.entries_if_unchanged() is not None
+    users.unlink()
+    assert db.entries_if_unchanged() is None
 
 
 def test_invalid_user_name_does_not_touch_files(tmp_path: Path) -> None:

@@ -390,3 +390,24 @@ def test_scheme_errors_share_a_base() -> None:
     assert issubclass(schemes.UnknownScheme, schemes.SchemeError)
     assert issubclass(schemes.MalformedSecret, schemes.SchemeError)
     assert issubclass(schemes.SchemeError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("stored", "fast"),
+    [
+        ("{PLAIN}x", True),
+        ("{CLEAR}x", True),
+        ("{SSHA256}utz3MT1Pjxv8Afp3oRNFQkatdjWYtOiLp1MwopIk+Xyl6ht0", True),
+        ("{SHA256.HEX}00", True),
+        ("{cram-md5}00", True),
+        ("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$x$y", False),
+        ("{BLF-CRYPT}$2y$05$x", False),
+        ("{SHA512-CRYPT}$6$x$y", False),
+        ("$6$x$y", False),  # no {SCHEME}: the default, CRYPT
+        ("{SCRAM-SHA-256}4096,x,y,z", False),
+        ("{MD5}$1$x$y", False),
+        ("{NO-SUCH}x", False),
+    ],
+)
+def test_is_fast(stored: str, fast: bool) -> None:
+    assert schemes.is_fast(stored) is fast

@@ -80,31 +80,44 @@ class PasswdFile:
 
     def __init__(self, path: StrPath) -> None:
         self.path = os.fspath(path)
-        self._stamp: tuple[int, ...] | None = None
-        self._entries: dict[str, PasswdEntry] = {}
-        # Lookups run in worker threads; one reload at a time.
+        # (stamp, entries) of the last read, replaced as one so a reader never pairs a
+        # new stamp with old entries.
+        self._read: tuple[tuple[int, ...], dict[str, PasswdEntry]] | None = None
+        # Reloads run in worker threads; one at a time.
         self._lock = threading.Lock()
+
+    def entries_if_unchanged(self) -> dict[str, PasswdEntry] | None:
+        """The entries read last if the file is still what was read (one stat, done on the
+        caller's thread); None if it must be read again, or cannot even be stat'ed (the
+        reader reports that)."""
+        read = self._read
+        if read is None:
+            return None
+        try:
+            return read[1] if _stamp(os.stat(self.path)) == read[0] else None
+        except OSError:
+            return None
 
     def lookup(self, user: str) -> PasswdEntry | None:
         """The entry for canonical name `user`; raises OSError if the file cannot be read."""
         with self._lock:
-            self._refresh()
-            return self._entries.get(user)
+            return self._refresh().get(user)
 
     def users(self) -> list[str]:
         with self._lock:
-            self._refresh()
-            return list(self._entries)
+            return list(self._refresh())
 
-    def _refresh(self) -> None:
-        if self._stamp is not None and _stamp(os.stat(self.path)) == self._stamp:
-            return
+    def _refresh(self) -> dict[str, PasswdEntry]:
+        read = self._read
+        if read is not None and _stamp(os.stat(self.path)) == read[0]:
+            return read[1]
         with open(self.path, "rb") as handle:
             # The stamp of what we read (fstat), not of what stat() saw a moment earlier.
             stamp = _stamp(os.fstat(handle.fileno()))
             data = handle.read()
-        self._entries = parse_passwd_file(data, self.path)
-        self._stamp = stamp
+        entries = parse_passwd_file(data, self.path)
+        self._read = (stamp, entries)
+        return entries
 
 
 def _stamp(st: os.stat_result) -> tuple[int, ...]:
@@ -123,7 +136,13 @@ class PasswdFileAuthenticator(UserDatabaseAuthenticator):
         super().__init__(f"passwd-file {self._file.path}", oauth=oauth)
 
     async def find(self, user: str) -> UserRecord | None:
-        entry = await asyncio.to_thread(self._lookup, user)
+        # The file unchanged (Dovecot's passwd-file also stats it per lookup): no thread
+        # hop. Changed, new or unreadable: read, parsed and reported by a worker thread.
+        entries = self._file.entries_if_unchanged()
+        if entries is not None:
+            entry = entries.get(user)
+        else:
+            entry = await asyncio.to_thread(self._lookup, user)
         if entry is None:
             return None
         return UserRecord(entry.user, entry.secret, parse_user_settings(entry.extra_fields))

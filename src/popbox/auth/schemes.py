@@ -51,6 +51,7 @@ __all__ = [
     "UnknownScheme",
     "decode_secret",
     "hash_password",
+    "is_fast",
     "plain_secret",
     "verify",
 ]
@@ -285,6 +286,13 @@ _SCHEMES: dict[str, _Scheme] = {
 SUPPORTED_SCHEMES: tuple[str, ...] = tuple(_SCHEMES)
 PLAIN_SCHEMES = _PLAIN_NAMES
 
+# Verified by one comparison or one digest: microseconds of CPU. The others (argon2,
+# bcrypt, the crypt family, SCRAM's PBKDF2) are made to be slow.
+_FAST_NAMES = _PLAIN_NAMES | {
+    "SSHA512", "SSHA256", "SSHA", "SMD5", "SHA512", "SHA256", "SHA", "SHA1",
+    "PLAIN-MD5", "LDAP-MD5", "CRAM-MD5", "HMAC-MD5",
+}  # fmt: skip
+
 
 # --- parsing and the public API -----------------------------------------------------
 
@@ -371,6 +379,12 @@ def verify(password: str, stored: str, *, default_scheme: str = "CRYPT") -> bool
     if b"\0" in octets:
         return False  # cannot be typed into any C-string based implementation
     return _check(scheme, octets, raw)
+
+
+def is_fast(stored: str, *, default_scheme: str = "CRYPT") -> bool:
+    """True if verifying against `stored` is cheap enough to do on the event loop."""
+    name, _ = _split(stored, default_scheme)
+    return name.upper().partition(".")[0] in _FAST_NAMES
 
 
 def hash_password(password: str, scheme: str = DEFAULT_SCHEME) -> str:
