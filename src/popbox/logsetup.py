@@ -66,6 +66,12 @@ class Rfc3339JsonFormatter(JsonFormatter):
 
 
 def setup_logging(level: str = "info", log_format: str = "text") -> None:
+    # No format shows where a call was made, or its thread or process: skip collecting
+    # them for every record (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(Rfc3339JsonFormatter())

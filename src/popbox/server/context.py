@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import functools
 import ipaddress
 import itertools
 import os
@@ -106,12 +107,7 @@ class ServerContext:
     def mechanisms(self, *, plaintext_allowed: bool, channel_binding: bool) -> tuple[str, ...]:
         """The SASL mechanisms usable on a connection now (CAPA's SASL line, RFC 5034).
         The -PLUS ones need our own TLS: TLS that ended at a proxy has no channel to bind."""
-        return tuple(
-            name
-            for name in self.policy.mechanisms
-            if (plaintext_allowed or name not in PLAINTEXT_MECHANISMS)
-            and (channel_binding or name not in CHANNEL_BINDING_MECHANISMS)
-        )
+        return _usable_mechanisms(self.policy.mechanisms, plaintext_allowed, channel_binding)
 
     def session_config(
         self,
@@ -141,11 +137,24 @@ class ServerContext:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _usable_mechanisms(
+    configured: tuple[str, ...], plaintext_allowed: bool, channel_binding: bool
+) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name in configured
+        if (plaintext_allowed or name not in PLAINTEXT_MECHANISMS)
+        and (channel_binding or name not in CHANNEL_BINDING_MECHANISMS)
+    )
+
+
 def new_nonce() -> str:
     """A fresh SASL nonce: 18 random bytes in base64 (no "," or "=", RFC 5802 section 5)."""
     return base64.b64encode(secrets.token_bytes(18)).decode("ascii")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
