@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import cast
 
@@ -82,10 +81,7 @@ class Pop3Connection(asyncio.Protocol):
             # Logs, limits, throttling and the plaintext policy see the real client.
             self.peer = self._proxied.address
             self._tls = self._tls or self._proxied.tls
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Replies are small and each must go out at once (no Nagle + delayed-ACK stall).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY comes with the socket: the listener has it (server/listeners.py).
         ctx = self._ctx
         ctx.metrics.connections.inc()
         if not self._admit(self._transport):

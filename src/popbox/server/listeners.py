@@ -76,6 +76,10 @@ def bind_listeners(config: Config) -> Listeners:
             except ConfigError as error:
                 raise error.within(f"listen[{index}]", source) from None
             for sock in sockets:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    # Replies are small and each must go out at once (no Nagle + delayed
+                    # ACK stall); Linux gives accepted sockets the listener's setting.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 _listen(sock)
                 bound.pop3.append(PopSocket(listener, sock))
         _bind_lmtp(config, bound, source)
