@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from popbox.protocol import replies
 from popbox.protocol.commands import Command, parse_command, strip_line_end
@@ -55,6 +56,27 @@ _OVERLONG = _Overlong()
 
 
 class Pop3Session(TransactionCommands):
+    # The handler of each command, by method name: bound methods kept in the session would
+    # make every session a reference cycle, left for the garbage collector to find.
+    _HANDLERS: ClassVar[dict[str, str]] = {
+        "USER": "_user_cmd",
+        "PASS": "_pass_cmd",
+        "APOP": "_apop_cmd",
+        "AUTH": "_auth_cmd",
+        "STLS": "_stls_cmd",
+        "UTF8": "_utf8_cmd",
+        "QUIT": "_quit_cmd",
+        "CAPA": "_capa_cmd",
+        "STAT": "_stat_cmd",
+        "LIST": "_list_cmd",
+        "RETR": "_retr_cmd",
+        "TOP": "_top_cmd",
+        "DELE": "_dele_cmd",
+        "NOOP": "_noop_cmd",
+        "RSET": "_rset_cmd",
+        "UIDL": "_uidl_cmd",
+    }
+
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.state = State.AUTHORIZATION
@@ -69,24 +91,6 @@ class Pop3Session(TransactionCommands):
         self._sasl: SaslExchange | None = None
         self._failure_reason: str | None = None
         self.listing = Listing()
-        self._handlers: dict[str, Callable[[Command], Event]] = {
-            "USER": self._user_cmd,
-            "PASS": self._pass_cmd,
-            "APOP": self._apop_cmd,
-            "AUTH": self._auth_cmd,
-            "STLS": self._stls_cmd,
-            "UTF8": self._utf8_cmd,
-            "QUIT": self._quit_cmd,
-            "CAPA": self._capa_cmd,
-            "STAT": self._stat_cmd,
-            "LIST": self._list_cmd,
-            "RETR": self._retr_cmd,
-            "TOP": self._top_cmd,
-            "DELE": self._dele_cmd,
-            "NOOP": self._noop_cmd,
-            "RSET": self._rset_cmd,
-            "UIDL": self._uidl_cmd,
-        }
 
     # -- driver interface -------------------------------------------------------------
 
@@ -137,7 +141,8 @@ class Pop3Session(TransactionCommands):
             if command.keyword != "PASS":
                 # RFC 1939 section 7: PASS only "immediately after a successful USER".
                 self._user = None
-            event = self._handlers[command.keyword](command)
+            handler: Callable[[Command], Event] = getattr(self, self._HANDLERS[command.keyword])
+            event = handler(command)
         except RemoteProtocolError as error:
             return self._client_error(error.text)
         self._bad_commands = 0
