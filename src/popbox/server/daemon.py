@@ -10,6 +10,7 @@ does any process serve. `workers = 1` serves in this very process, without a mas
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 from collections.abc import Callable
 
@@ -47,6 +48,11 @@ def start(config: Config, on_ready: Callable[[Endpoints], None] | None = None) -
         drop_privileges(config, owned)
         ctx = _checked_context(config)
         endpoints = listeners.endpoints()
+        # What is loaded by now lives as long as the server: out of the garbage collector's
+        # sight (gc.freeze), so a full collection walks session objects only, not every
+        # module, and workers do not copy the master's pages by walking them.
+        gc.collect()
+        gc.freeze()
 
         def ready() -> None:
             if on_ready is not None:
