@@ -65,7 +65,7 @@ RETR_BUCKETS = (*_SUB_SECOND, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # Every label value comes from these fixed sets, never from client input, so a client
 # cannot create unbounded series.
 UNKNOWN_COMMAND = UNKNOWN_KEYWORD
-REFUSED_REASONS = ("limit", "ip_limit", "blocked", "proxy")
+REFUSED_REASONS = ("limit", "ip_limit", "blocked", "proxy", "backlog")
 LOGIN_RESULTS = (
     "ok",
     "failed",

@@ -10,6 +10,7 @@ import os
 import pickle
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from popbox.delivery.lmtp import LmtpServer, start_lmtp
 from popbox.metrics import served_by_master, start_metrics_server
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS
 from popbox.server import sdnotify
+from popbox.server.accepting import EagerAcceptServer
 from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
     OAUTH_MECHANISMS,
@@ -30,7 +32,7 @@ from popbox.server.context import (
     ServerContext,
     SessionPolicy,
 )
-from popbox.server.listeners import LISTEN_BACKLOG, Listeners
+from popbox.server.listeners import Listeners
 from popbox.server.proxy_listener import ProxyProtocolServer
 from popbox.server.reload import reload_config
 from popbox.server.tls import TlsManager
@@ -38,6 +40,7 @@ from popbox.storage.base import MaildropStore
 from popbox.storage.maildir import MaildirStore
 
 log = logging.getLogger("popbox.server")
+session_log = logging.getLogger("popbox.session")
 
 # RFC 1939 section 3: "the autologout timer MUST be of at least 10 minutes' duration".
 RFC1939_MIN_IDLE_TIMEOUT = 600.0
@@ -186,25 +189,25 @@ async def serve(
     """
     ctx = ctx or make_context(config)
     loop = asyncio.get_running_loop()
-    servers: list[asyncio.Server | ProxyProtocolServer] = []
+    servers: list[EagerAcceptServer | ProxyProtocolServer] = []
     for entry in listeners.pop3:
         listener = entry.listener
         implicit = listener.tls == "implicit" and ctx.tls is not None
         # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first (after
         # the PROXY header, on a proxy_protocol listener).
         tls = ctx.tls.listener_context if implicit and ctx.tls else None
-        server: asyncio.Server | ProxyProtocolServer
+        server: EagerAcceptServer | ProxyProtocolServer
         if listener.proxy_protocol:
             server = ProxyProtocolServer(ctx, listener, tls, entry.sock)
             await server.start()
         else:
-            server = await loop.create_server(
-                functools.partial(Pop3Connection, ctx, listener.tls),
-                sock=entry.sock,
-                backlog=LISTEN_BACKLOG,
-                ssl=tls,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
+            server = EagerAcceptServer(
+                entry.sock,
+                functools.partial(start_session, ctx, listener.tls, tls),
+                max_waiting=ctx.policy.max_connections,
+                on_dropped=functools.partial(ctx.metrics.refused, "backlog"),
             )
+            server.start_serving()
         servers.append(server)
     lmtp = [await start_delivery(config, ctx, sock) for sock in listeners.lmtp]
     # With worker processes the master serves the metrics of all (popbox/metrics.py).
@@ -296,7 +299,7 @@ CLOSE_GRACE = 1.0
 
 async def drain(
     ctx: ServerContext,
-    servers: Sequence[asyncio.Server | ProxyProtocolServer],
+    servers: Sequence[EagerAcceptServer | ProxyProtocolServer],
     lmtp: Sequence[LmtpServer],
     timeout: float,
 ) -> None:
@@ -332,6 +335,27 @@ async def drain(
     for server in servers:
         await server.wait_closed()
     await close_backends(ctx.store, ctx.authenticator)  # this process's database pools
+
+
+async def start_session(
+    ctx: ServerContext,
+    tls_mode: str,
+    tls: ssl.SSLContext | None,
+    sock: socket.socket,
+    peer: str,
+) -> None:
+    """An accepted connection becomes a POP3 session (after the handshake, on an
+    implicit-TLS port: RFC 8314 section 3.3)."""
+    try:
+        # From here the transport owns the socket, and closes it on failure.
+        await asyncio.get_running_loop().connect_accepted_socket(
+            functools.partial(Pop3Connection, ctx, tls_mode),
+            sock,
+            ssl=tls,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls is not None else None,
+        )
+    except (OSError, TimeoutError) as error:
+        session_log.info("tls handshake failed client=%s: %s", peer, error)
 
 
 async def start_delivery(config: Config, ctx: ServerContext, sock: socket.socket) -> LmtpServer:

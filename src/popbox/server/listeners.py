@@ -22,11 +22,12 @@ from popbox.delivery.lmtp import DEFAULT_ADDRESS, bind_unix_socket
 
 log = logging.getLogger("popbox.server")
 
-# listen(2) backlog: connections the kernel queues while every worker is busy (asyncio's
+# listen(2) backlog: connections the kernel queues until a worker accepts them (asyncio's
 # create_server default is 100; a burst of POP3 clients polling on the minute needs more).
 # A connect that finds the queue full is dropped and retried by the client a second later
-# (then 3 s, 7 s): in a burst of 5,000 connects that second is what an honest client
-# waits. Linux caps it at net.core.somaxconn (4096 by default since 5.4).
+# (then 3 s, 7 s). Workers empty the queue every loop turn (server/accepting.py), so it
+# only has to hold what arrives during one turn. Linux caps it at net.core.somaxconn (4096
+# by default since 5.4).
 LISTEN_BACKLOG = 4096
 
 

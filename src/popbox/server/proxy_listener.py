@@ -15,7 +15,6 @@ connection before a single octet is sent.
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import ipaddress
 import logging
@@ -25,6 +24,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from popbox.config.model import ListenConfig
+from popbox.server.accepting import ACCEPT_RETRY_DELAY, RETRY_AT_ONCE
 from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
     PROXY_HEADER_TIMEOUT,
@@ -47,23 +47,6 @@ log = logging.getLogger("popbox.session")
 
 # The spec sizes headers to fit one 536-octet segment; larger v2 headers take more reads.
 PEEK_SIZE = 4096
-# asyncio's own servers pause accepting this long when out of file descriptors.
-ACCEPT_RETRY_DELAY = 1.0
-# accept(2): errors of the connection being accepted, "treated like EAGAIN by retrying";
-# any other error (EMFILE, ENOBUFS ...) pauses accepting for ACCEPT_RETRY_DELAY.
-_RETRY_AT_ONCE = frozenset(
-    {
-        errno.ENETDOWN,
-        errno.EPROTO,
-        errno.ENOPROTOOPT,
-        errno.EHOSTDOWN,
-        errno.ENONET,
-        errno.EHOSTUNREACH,
-        errno.EOPNOTSUPP,
-        errno.ENETUNREACH,
-    }
-)
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -192,7 +175,7 @@ class ProxyProtocolServer:
                 continue
             except OSError as error:
                 log.error("accept failed: %s", error)
-                if error.errno not in _RETRY_AT_ONCE:
+                if error.errno not in RETRY_AT_ONCE:
                     await asyncio.sleep(ACCEPT_RETRY_DELAY)
                 continue
             self._spawn(self._handshake(sock, str(address[0])))

@@ -1,0 +1,166 @@
+"""The eager-accept listener (server/accepting.py), on real sockets: the kernel's accept
+queue emptied at once, sessions started a few per loop turn with client addresses taken in
+turn, connections past max_waiting dropped, everything waiting closed on close()."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from popbox.server.accepting import EagerAcceptServer
+
+
+def listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+def connect(sock: socket.socket, count: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    """`count` clients from `source`, connected one after the other (the kernel queues
+    them in order)."""
+    return [
+        socket.create_connection(sock.getsockname(), source_address=(source, 0))
+        for _ in range(count)
+    ]
+
+
+class Recorder:
+    """A starter that notes which client (by index) started in which loop turn."""
+
+    def __init__(self, clients: list[socket.socket]) -> None:
+        self.index = {client.getsockname(): n for n, client in enumerate(clients)}
+        self.started: list[tuple[int, int]] = []
+        self.turn = 0
+
+    async def __call__(self, conn: socket.socket, peer: str) -> None:
+        assert peer == conn.getpeername()[0]
+        self.started.append((self.turn, self.index[conn.getpeername()]))
+        conn.sendall(b"+OK\r\n")
+        conn.close()
+
+
+async def run_turns(recorder: Recorder, until: Callable[[], bool]) -> None:
+    """Let the loop turn (counting turns in the recorder) until `until()` holds."""
+    for _ in range(1000):
+        if until():
+            return
+        await asyncio.sleep(0)
+        recorder.turn += 1
+    raise AssertionError("not done in 1000 loop turns")
+
+
+def test_backlog_starts_a_batch_a_turn_taking_addresses_in_turn() -> None:
+    sock = listening()
+    flood = connect(sock, 7, "127.0.0.2")  # clients 0-6
+    honest = connect(sock, 1, "127.0.0.3")  # client 7, arriving after the flood
+    more = connect(sock, 2, "127.0.0.4")  # clients 8-9
+    clients = flood + honest + more
+    recorder = Recorder(clients)
+
+    async def main() -> None:
+        server = EagerAcceptServer(sock, recorder, max_waiting=100, per_turn=3)
+        server.start_serving()
+        await run_turns(recorder, lambda: len(recorder.started) == 10)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    order = [index for _, index in recorder.started]
+    # One from each address in turn, oldest first within an address: the client from
+    # 127.0.0.3 starts in the first batch, not after the seven of 127.0.0.2.
+    assert order == [0, 7, 8, 1, 9, 2, 3, 4, 5, 6]
+    turns = [turn for turn, _ in recorder.started]
+    assert turns == sorted(turns) and len(set(turns)) == 4  # 3 + 3 + 3 + 1
+    for client in clients:
+        assert client.recv(10) == b"+OK\r\n"
+        client.close()
+
+
+def test_a_few_connections_start_in_arrival_order_in_one_turn() -> None:
+    sock = listening()
+    clients = connect(sock, 3)
+    recorder = Recorder(clients)
+
+    async def main() -> None:
+        server = EagerAcceptServer(sock, recorder, max_waiting=100, per_turn=4)
+        server.start_serving()
+        await run_turns(recorder, lambda: len(recorder.started) == 3)
+        server.close()
+
+    asyncio.run(main())
+    assert [index for _, index in recorder.started] == [0, 1, 2]
+    assert len({turn for turn, _ in recorder.started}) == 1
+    for client in clients:
+        client.close()
+
+
+def test_the_kernel_queue_is_emptied_in_one_wake_up() -> None:
+    sock = listening()
+    clients = connect(sock, 100)
+    recorder = Recorder(clients)
+
+    async def main() -> int:
+        server = EagerAcceptServer(sock, recorder, max_waiting=1000, per_turn=1)
+        server.start_serving()
+        await run_turns(recorder, lambda: server.waiting > 0)
+        waiting = server.waiting + len(recorder.started)
+        server.close()
+        return waiting
+
+    assert asyncio.run(main()) == 100
+    for client in clients:
+        client.close()
+
+
+def test_past_max_waiting_new_connections_are_closed_unanswered() -> None:
+    sock = listening()
+    clients = connect(sock, 5)
+    recorder = Recorder(clients)
+    dropped: list[int] = []
+
+    async def main() -> None:
+        server = EagerAcceptServer(
+            sock, recorder, max_waiting=3, per_turn=8, on_dropped=lambda: dropped.append(1)
+        )
+        server.start_serving()
+        await run_turns(recorder, lambda: len(recorder.started) == 3)
+        server.close()
+
+    asyncio.run(main())
+    assert [index for _, index in recorder.started] == [0, 1, 2]
+    assert len(dropped) == 2
+    for n, client in enumerate(clients):
+        client.settimeout(5)
+        assert client.recv(10) == (b"+OK\r\n" if n < 3 else b"")
+        client.close()
+
+
+def test_close_stops_accepting_and_closes_what_waits() -> None:
+    sock = listening()
+    address = sock.getsockname()
+    clients = connect(sock, 6)
+    recorder = Recorder(clients)
+
+    async def main() -> None:
+        server = EagerAcceptServer(sock, recorder, max_waiting=100, per_turn=2)
+        server.start_serving()
+        await run_turns(recorder, lambda: len(recorder.started) == 2)
+        server.close()
+        server.close()  # idempotent
+        await server.wait_closed()
+
+    asyncio.run(main())
+    started = [index for _, index in recorder.started]
+    assert started[:2] == [0, 1] and len(started) < 6  # not all of them
+    for n, client in enumerate(clients):
+        client.settimeout(5)
+        assert client.recv(10) == (b"+OK\r\n" if n in started else b"")
+        client.close()
+    assert sock.fileno() == -1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5)
