@@ -147,7 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"popbox: created {data_dir}/ with a demo user and sample mail", flush=True)
     else:
         config = load_config(args.config)
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log_level, config.log_format, background=True)
 
     def ready(bound: list[tuple[str, int]]) -> None:
         if demo:

@@ -15,8 +15,12 @@ server/login.py printable()); the JSON formatter adds nothing but these fields.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
+import logging.handlers
+import os
+import queue
 import secrets
 import sys
 from datetime import UTC, datetime
@@ -65,7 +69,80 @@ class Rfc3339JsonFormatter(JsonFormatter):
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def setup_logging(level: str = "info", log_format: str = "text") -> None:
+# Records waiting for the writer thread at most; past it new records are dropped (and
+# counted in a warning) rather than block the event loop. About a megabyte or two.
+MAX_QUEUED_RECORDS = 10_000
+# Seconds a stopping process waits for its queued records to be written.
+STOP_TIMEOUT = 5.0
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the writer thread without ever blocking: a full queue drops."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(records)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The message is made now, from the arguments as they are now; the exception
+        # stays for the formatter (nothing is pickled: the writer is a thread).
+        record.message = record.getMessage()
+        record.msg, record.args = record.message, None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _Writer(logging.handlers.QueueListener):
+    """The thread that writes the queued records, and says when some were dropped."""
+
+    def __init__(self, front: _Enqueue, handler: logging.Handler) -> None:
+        super().__init__(front.queue, handler)
+        self._front = front
+        self._records: queue.Queue[logging.LogRecord | None] = front.queue  # type: ignore[assignment]
+
+    def stop(self) -> None:
+        """Write what is queued, waiting at most STOP_TIMEOUT for an output that is stuck
+        (a pipe nobody reads): a process must be able to exit anyway."""
+        try:
+            self._records.put(None, timeout=STOP_TIMEOUT)  # QueueListener's sentinel
+        except queue.Full:
+            return
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(STOP_TIMEOUT)
+
+    def handle(self, record: logging.LogRecord) -> None:
+        super().handle(record)
+        dropped = self._front.dropped
+        if dropped:
+            self._front.dropped -= dropped
+            note = logging.LogRecord(
+                "popbox.logging",
+                logging.WARNING,
+                __file__,
+                0,
+                "%d log records dropped: the log output is not keeping up",
+                (dropped,),
+                None,
+            )
+            super().handle(note)
+
+
+class _Running:
+    writer: _Writer | None = None  # this process's writer thread, if logging in background
+
+
+def setup_logging(
+    level: str = "info", log_format: str = "text", *, background: bool = False
+) -> None:
+    """Log to stderr. background: records are written by a thread, so a slow reader of
+    stderr (a full pipe to journald or a container runtime) never blocks the caller, the
+    event loop; `popbox serve` uses it, one-shot commands do not."""
     # No format shows where a call was made, or its thread or process: skip collecting
     # them for every record (the logging HOWTO's "Optimization" section).
     logging._srcfile = None
@@ -81,7 +158,43 @@ def setup_logging(level: str = "info", log_format: str = "text") -> None:
                 "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
             )
         )
-    handler.addFilter(SessionFields())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    stop_background_logging()
+    if background:
+        front = _Enqueue(queue.Queue(MAX_QUEUED_RECORDS))
+        # The session fields come from the logging task's context: read them here.
+        front.addFilter(SessionFields())
+        root.handlers[:] = [front]
+        _start_writer(front, handler)
+    else:
+        handler.addFilter(SessionFields())
+        root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def _start_writer(front: _Enqueue, handler: logging.Handler) -> None:
+    _Running.writer = _Writer(front, handler)
+    _Running.writer.start()
+
+
+def stop_background_logging() -> None:
+    """Write what is queued and stop the writer thread (before a process exits)."""
+    writer, _Running.writer = _Running.writer, None
+    if writer is not None:
+        writer.stop()
+
+
+def _after_fork_in_child() -> None:
+    # Threads do not survive fork(2): a worker gets its own queue and writer thread (the
+    # parent's queue may even have been locked by the parent's writer at that moment).
+    writer, _Running.writer = _Running.writer, None
+    if writer is None:
+        return
+    front = writer._front
+    front.queue = queue.Queue(MAX_QUEUED_RECORDS)
+    front.dropped = 0
+    _start_writer(front, writer.handlers[0])
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(stop_background_logging)

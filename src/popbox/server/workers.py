@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from popbox.config import Config
+from popbox.logsetup import stop_background_logging
 from popbox.metrics import served_by_master, start_multiprocess_server, worker_exited
 from popbox.server import sdnotify
 from popbox.server.app import (
@@ -214,6 +215,7 @@ class Supervisor:
         except BaseException:
             log.exception("worker %d pid=%d failed", slot, os.getpid())
         finally:
+            stop_background_logging()
             logging.shutdown()
             os._exit(code)
 
