@@ -1,51 +1,60 @@
-"""Background logging (popbox/logsetup.py): records queue without blocking, a full queue
+"""Background logging (popbox/logsetup.py): lines queue without blocking, a full queue
 drops and says so, stopping writes what is queued."""
 
 from __future__ import annotations
 
+import io
 import logging
 import queue
 
+import pytest
+
+from popbox import logsetup
 from popbox.logsetup import _Enqueue, _Writer
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(f"{record.levelname} {record.getMessage()}")
 
 
 def record(message: str, *args: object) -> logging.LogRecord:
     return logging.LogRecord("popbox.test", logging.INFO, __file__, 1, message, args, None)
 
 
+def front_of(size: int) -> _Enqueue:
+    front = _Enqueue(queue.Queue(size))
+    front.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    return front
+
+
 def test_a_full_queue_drops_counts_and_the_writer_reports_it() -> None:
-    front = _Enqueue(queue.Queue(2))
-    collect = Collect()
+    front = front_of(2)
     for n in range(5):
         front.handle(record("line %d", n))  # no writer yet: the queue fills, then drops
     assert front.dropped == 3
-    writer = _Writer(front, collect)
+    out = io.StringIO()
+    writer = _Writer(front, out)
     writer.start()
     writer.stop()
-    assert collect.lines == [
-        "INFO line 0",
-        "WARNING 3 log records dropped: the log output is not keeping up",
-        "INFO line 1",
-    ]
+    assert out.getvalue() == (
+        "INFO popbox.test: line 0\n"
+        "INFO popbox.test: line 1\n"
+        "WARNING popbox.logging: 3 log records dropped: the log output is not keeping up\n"
+    )
     assert front.dropped == 0
 
 
-def test_the_message_is_made_when_logged_not_when_written() -> None:
-    front = _Enqueue(queue.Queue(10))
-    collect = Collect()
+def test_the_line_is_made_when_logged_not_when_written() -> None:
+    front = front_of(10)
     changing = ["before"]
     front.handle(record("value %s", changing))
     changing[0] = "after"
-    writer = _Writer(front, collect)
+    out = io.StringIO()
+    writer = _Writer(front, out)
     writer.start()
     writer.stop()
-    assert collect.lines == ["INFO value ['before']"]
+    assert out.getvalue() == "INFO popbox.test: value ['before']\n"
+
+
+def test_stop_gives_up_on_an_output_that_is_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logsetup, "STOP_TIMEOUT", 0.2)
+    front = front_of(1)
+    front.handle(record("fills the queue"))  # no writer: the sentinel finds no room
+    writer = _Writer(front, io.StringIO())
+    writer.stop()  # returns (after STOP_TIMEOUT) instead of waiting forever

@@ -18,12 +18,13 @@ from __future__ import annotations
 import atexit
 import contextvars
 import logging
-import logging.handlers
 import os
 import queue
 import secrets
 import sys
+import threading
 from datetime import UTC, datetime
+from typing import TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -69,68 +70,99 @@ class Rfc3339JsonFormatter(JsonFormatter):
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# Records waiting for the writer thread at most; past it new records are dropped (and
-# counted in a warning) rather than block the event loop. About a megabyte or two.
-MAX_QUEUED_RECORDS = 10_000
-# Seconds a stopping process waits for its queued records to be written.
+# Lines waiting for the writer thread at most; past it new lines are dropped (and counted
+# in a warning) rather than block the event loop. A megabyte or two.
+MAX_QUEUED_LINES = 10_000
+# Lines the writer joins into one write(2) at most.
+WRITE_BATCH = 256
+# Seconds a stopping process waits for its queued lines to be written.
 STOP_TIMEOUT = 5.0
 
 
-class _Enqueue(logging.handlers.QueueHandler):
-    """Hands records to the writer thread without ever blocking: a full queue drops."""
+class _Enqueue(logging.Handler):
+    """Formats each record in the logging thread (the event loop: the writer thread must
+    not hold the GIL for long, or the loop waits for it after every system call) and hands
+    the line to the writer without ever blocking: a full queue drops."""
 
-    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
-        super().__init__(records)
+    def __init__(self, lines: queue.Queue[str | None]) -> None:
+        super().__init__()
+        self.lines = lines
         self.dropped = 0
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # The message is made now, from the arguments as they are now; the exception
-        # stays for the formatter (nothing is pickled: the writer is a thread).
-        record.message = record.getMessage()
-        record.msg, record.args = record.message, None
-        return record
-
-    def enqueue(self, record: logging.LogRecord) -> None:
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.queue.put_nowait(record)
+            self.lines.put_nowait(self.format(record) + "\n")
         except queue.Full:
             self.dropped += 1
+        except Exception:  # a broken record must not break the caller (logging.Handler)
+            self.handleError(record)
+
+    def take_dropped(self) -> str | None:
+        """The warning line for what was dropped since the last call, if anything was."""
+        dropped = self.dropped
+        if not dropped:
+            return None
+        self.dropped -= dropped
+        note = logging.LogRecord(
+            "popbox.logging",
+            logging.WARNING,
+            __file__,
+            0,
+            "%d log records dropped: the log output is not keeping up",
+            (dropped,),
+            None,
+        )
+        return self.format(note) + "\n"
 
 
-class _Writer(logging.handlers.QueueListener):
-    """The thread that writes the queued records, and says when some were dropped."""
+class _Writer:
+    """The thread that writes queued lines to the stream, several per write(2)."""
 
-    def __init__(self, front: _Enqueue, handler: logging.Handler) -> None:
-        super().__init__(front.queue, handler)
-        self._front = front
-        self._records: queue.Queue[logging.LogRecord | None] = front.queue  # type: ignore[assignment]
+    def __init__(self, front: _Enqueue, stream: TextIO) -> None:
+        self.front = front
+        self.stream = stream
+        self._thread = threading.Thread(target=self._run, name="popbox-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
 
     def stop(self) -> None:
         """Write what is queued, waiting at most STOP_TIMEOUT for an output that is stuck
         (a pipe nobody reads): a process must be able to exit anyway."""
         try:
-            self._records.put(None, timeout=STOP_TIMEOUT)  # QueueListener's sentinel
+            self.front.lines.put(None, timeout=STOP_TIMEOUT)
         except queue.Full:
             return
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(STOP_TIMEOUT)
+        self._thread.join(STOP_TIMEOUT)
 
-    def handle(self, record: logging.LogRecord) -> None:
-        super().handle(record)
-        dropped = self._front.dropped
-        if dropped:
-            self._front.dropped -= dropped
-            note = logging.LogRecord(
-                "popbox.logging",
-                logging.WARNING,
-                __file__,
-                0,
-                "%d log records dropped: the log output is not keeping up",
-                (dropped,),
-                None,
-            )
-            super().handle(note)
+    def _run(self) -> None:
+        lines = self.front.lines
+        stopping = False
+        while not stopping:
+            batch: list[str] = []
+            line = lines.get()
+            while True:
+                if line is None:
+                    stopping = True
+                    break
+                batch.append(line)
+                if len(batch) >= WRITE_BATCH:
+                    break
+                try:
+                    line = lines.get_nowait()
+                except queue.Empty:
+                    break
+            if (note := self.front.take_dropped()) is not None:
+                batch.append(note)
+            if batch:
+                self._write("".join(batch))
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr is gone or closed: nowhere left to say so
 
 
 class _Running:
@@ -161,19 +193,20 @@ def setup_logging(
     root = logging.getLogger()
     stop_background_logging()
     if background:
-        front = _Enqueue(queue.Queue(MAX_QUEUED_RECORDS))
+        front = _Enqueue(queue.Queue(MAX_QUEUED_LINES))
+        front.setFormatter(handler.formatter)
         # The session fields come from the logging task's context: read them here.
         front.addFilter(SessionFields())
         root.handlers[:] = [front]
-        _start_writer(front, handler)
+        _start_writer(front, handler.stream)
     else:
         handler.addFilter(SessionFields())
         root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
 
-def _start_writer(front: _Enqueue, handler: logging.Handler) -> None:
-    _Running.writer = _Writer(front, handler)
+def _start_writer(front: _Enqueue, stream: TextIO) -> None:
+    _Running.writer = _Writer(front, stream)
     _Running.writer.start()
 
 
@@ -190,10 +223,10 @@ def _after_fork_in_child() -> None:
     writer, _Running.writer = _Running.writer, None
     if writer is None:
         return
-    front = writer._front
-    front.queue = queue.Queue(MAX_QUEUED_RECORDS)
+    front = writer.front
+    front.lines = queue.Queue(MAX_QUEUED_LINES)
     front.dropped = 0
-    _start_writer(front, writer.handlers[0])
+    _start_writer(front, writer.stream)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
