@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,25 @@ async def run_turns(recorder: Recorder, until: Callable[[], bool]) -> None:
     raise AssertionError("not done in 1000 loop turns")
 
 
+def serve_until(
+    sock: socket.socket,
+    recorder: Recorder,
+    until: Callable[[EagerAcceptServer], bool],
+    **options: Any,
+) -> None:
+    """An EagerAcceptServer on `sock` until `until(server)` holds, then closed."""
+
+    async def main() -> None:
+        server = EagerAcceptServer(sock, recorder, **options)
+        server.start_serving()
+        await run_turns(recorder, lambda: until(server))
+        server.close()
+        server.close()  # idempotent
+        await server.wait_closed()
+
+    asyncio.run(main())
+
+
 def test_backlog_starts_a_batch_a_turn_taking_addresses_in_turn() -> None:
     sock = listening()
     flood = connect(sock, 7, "127.0.0.2")  # clients 0-6
@@ -62,14 +82,7 @@ def test_backlog_starts_a_batch_a_turn_taking_addresses_in_turn() -> None:
     clients = flood + honest + more
     recorder = Recorder(clients)
 
-    async def main() -> None:
-        server = EagerAcceptServer(sock, recorder, max_waiting=100, per_turn=3)
-        server.start_serving()
-        await run_turns(recorder, lambda: len(recorder.started) == 10)
-        server.close()
-        await server.wait_closed()
-
-    asyncio.run(main())
+    serve_until(sock, recorder, lambda _: len(recorder.started) == 10, max_waiting=100, per_turn=3)
     order = [index for _, index in recorder.started]
     # One from each address in turn, oldest first within an address: the client from
     # 127.0.0.3 starts in the first batch, not after the seven of 127.0.0.2.
@@ -86,13 +99,7 @@ def test_a_few_connections_start_in_arrival_order_in_one_turn() -> None:
     clients = connect(sock, 3)
     recorder = Recorder(clients)
 
-    async def main() -> None:
-        server = EagerAcceptServer(sock, recorder, max_waiting=100, per_turn=4)
-        server.start_serving()
-        await run_turns(recorder, lambda: len(recorder.started) == 3)
-        server.close()
-
-    asyncio.run(main())
+    serve_until(sock, recorder, lambda _: len(recorder.started) == 3, max_waiting=100, per_turn=4)
     assert [index for _, index in recorder.started] == [0, 1, 2]
     assert len({turn for turn, _ in recorder.started}) == 1
     for client in clients:
@@ -104,15 +111,15 @@ def test_the_kernel_queue_is_emptied_in_one_wake_up() -> None:
     clients = connect(sock, 100)
     recorder = Recorder(clients)
 
-    async def main() -> int:
-        server = EagerAcceptServer(sock, recorder, max_waiting=1000, per_turn=1)
-        server.start_serving()
-        await run_turns(recorder, lambda: server.waiting > 0)
-        waiting = server.waiting + len(recorder.started)
-        server.close()
-        return waiting
+    accepted: list[int] = []
 
-    assert asyncio.run(main()) == 100
+    def first_accept(server: EagerAcceptServer) -> bool:
+        if server.waiting:
+            accepted.append(server.waiting + len(recorder.started))
+        return bool(accepted)
+
+    serve_until(sock, recorder, first_accept, max_waiting=1000, per_turn=1)
+    assert accepted == [100]
     for client in clients:
         client.close()
 
@@ -123,15 +130,17 @@ def test_past_max_waiting_new_connections_are_closed_unanswered() -> None:
     recorder = Recorder(clients)
     dropped: list[int] = []
 
-    async def main() -> None:
-        server = EagerAcceptServer(
-            sock, recorder, max_waiting=3, per_turn=8, on_dropped=lambda: dropped.append(1)
-        )
-        server.start_serving()
-        await run_turns(recorder, lambda: len(recorder.started) == 3)
-        server.close()
+    def three_started(_: EagerAcceptServer) -> bool:
+        return len(recorder.started) == 3
 
-    asyncio.run(main())
+    serve_until(
+        sock,
+        recorder,
+        three_started,
+        max_waiting=3,
+        per_turn=8,
+        on_dropped=lambda: dropped.append(1),
+    )
     assert [index for _, index in recorder.started] == [0, 1, 2]
     assert len(dropped) == 2
     for n, client in enumerate(clients):
@@ -146,15 +155,7 @@ def test_close_stops_accepting_and_closes_what_waits() -> None:
     clients = connect(sock, 6)
     recorder = Recorder(clients)
 
-    async def main() -> None:
-        server = EagerAcceptServer(sock, recorder, max_waiting=100, per_turn=2)
-        server.start_serving()
-        await run_turns(recorder, lambda: len(recorder.started) == 2)
-        server.close()
-        server.close()  # idempotent
-        await server.wait_closed()
-
-    asyncio.run(main())
+    serve_until(sock, recorder, lambda _: len(recorder.started) == 2, max_waiting=100, per_turn=2)
     started = [index for _, index in recorder.started]
     assert started[:2] == [0, 1] and len(started) < 6  # not all of them
     for n, client in enumerate(clients):
