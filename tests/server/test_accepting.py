@@ -59,12 +59,13 @@ def serve_until(
     sock: socket.socket,
     recorder: Recorder,
     until: Callable[[EagerAcceptServer], bool],
+    max_waiting: int,
     **options: Any,
 ) -> None:
     """An EagerAcceptServer on `sock` until `until(server)` holds, then closed."""
 
     async def main() -> None:
-        server = EagerAcceptServer(sock, recorder, **options)
+        server = EagerAcceptServer(sock, recorder, max_waiting=lambda: max_waiting, **options)
         server.start_serving()
         await run_turns(recorder, lambda: until(server))
         server.close()

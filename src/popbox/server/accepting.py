@@ -57,15 +57,16 @@ Starter = Callable[[socket.socket, str], Coroutine[Any, Any, None]]
 class EagerAcceptServer:
     """Accepts on `sock` (bound and listening, maybe shared with other workers) and runs
     `start(sock, peer_ip)` for each connection, as described above. `start` owns the
-    socket from then on. `max_waiting` bounds our queue: a connection accepted while it
-    is full is closed unanswered, as the kernel drops connects to its full queue."""
+    socket from then on. `max_waiting()` bounds our queue (asked at each wake-up, so a
+    reloaded limit applies): a connection accepted while it is full is closed
+    unanswered, as the kernel drops connects to its full queue."""
 
     def __init__(
         self,
         sock: socket.socket,
         start: Starter,
         *,
-        max_waiting: int,
+        max_waiting: Callable[[], int],
         per_turn: int = PER_TURN,
         on_dropped: Callable[[], None] | None = None,
     ) -> None:
@@ -115,6 +116,7 @@ class EagerAcceptServer:
     # -- accepting ------------------------------------------------------------------------
 
     def _accept(self) -> None:
+        limit = self._max_waiting()
         for _ in range(ACCEPT_PER_WAKE):
             try:
                 conn, address = self._sock.accept()
@@ -128,7 +130,7 @@ class EagerAcceptServer:
                 log.error("accept failed: %s", error)
                 self._pause()
                 break
-            if self._count >= self._max_waiting:
+            if self._count >= limit:
                 conn.close()  # as the kernel drops connects to a full queue
                 if self._on_dropped is not None:
                     self._on_dropped()

@@ -204,7 +204,7 @@ async def serve(
             server = EagerAcceptServer(
                 entry.sock,
                 functools.partial(start_session, ctx, listener.tls, tls),
-                max_waiting=ctx.policy.max_connections,
+                max_waiting=lambda: ctx.policy.max_connections,
                 on_dropped=functools.partial(ctx.metrics.refused, "backlog"),
             )
             server.start_serving()
