@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
@@ -288,6 +289,7 @@ def _evict_from_page_cache(path: Path) -> None:
 def test_small_cached_message_is_read_without_a_worker_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(maildir_module._InlineReads, "enabled", True)
     data = b"Subject: small\n\n" + b"x" * (READ_BLOCK_SIZE - 100)
     deliver(maildir_of(tmp_path), "1700000000.M1P1.host", data)
     calls = _count_thread_reads(monkeypatch)
@@ -327,6 +329,33 @@ def test_message_not_in_the_page_cache_is_read_by_the_worker_thread(
 
     assert with_drop(tmp_path, body) > 0
     assert len(calls) == 1
+
+
+def test_a_slow_read_on_the_event_loop_sends_every_later_read_to_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stalled network filesystem, as open(2) would see it: the inline read is slow.
+    monkeypatch.setattr(maildir_module._InlineReads, "enabled", True)
+    real = maildir_module._read_if_cached
+
+    def stalled(path: str) -> bytes | None:
+        time.sleep(0.05)
+        return real(path)
+
+    monkeypatch.setattr(maildir_module, "_read_if_cached", stalled)
+    first, second = b"Subject: 1\n\none\n", b"Subject: 2\n\ntwo\n"
+    maildir = maildir_of(tmp_path)
+    deliver(maildir, "1700000000.M1P1.host", first)
+    deliver(maildir, "1700000001.M1P1.host", second)
+    calls = _count_thread_reads(monkeypatch)
+
+    async def body(drop: MaildirMaildrop) -> list[list[bytes]]:
+        return [await read_all(drop, message.key) for message in drop.listing]
+
+    assert with_drop(tmp_path, body) == [[first], [second]]
+    assert len(calls) == 1  # the first read was inline (and slow); the second was not
+    assert maildir_module._InlineReads.enabled is False
+    assert "messages are read in worker threads from now on" in caplog.text
 
 
 def test_read_empty_message_yields_nothing(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from typing import TypeVar
@@ -181,7 +182,7 @@ class MaildirMaildrop:
         other I/O errors, KeyError for a key not in the listing.
         """
         path = self._snapshot_path(key)
-        if (whole := _read_if_cached(path)) is not None:
+        if (whole := _InlineReads.read(path)) is not None:
             if whole:
                 yield whole
             return
@@ -250,6 +251,31 @@ class MaildirMaildrop:
     async def close(self) -> None:
         """Release the lock (RFC 1939 section 6). Safe to call more than once."""
         self._lock.release()
+
+
+class _InlineReads:
+    """Reads on the event loop (_read_if_cached), while they stay fast. The open(2) can
+    still wait (a network filesystem whose server is slow): once one read takes longer
+    than SLOW, every read goes to worker threads, for the life of the process."""
+
+    SLOW = 0.020  # seconds: far above a cached read (~20 us), below a stalled server
+    enabled = _RWF_NOWAIT is not None
+
+    @classmethod
+    def read(cls, path: str) -> bytes | None:
+        if not cls.enabled:
+            return None
+        started = time.monotonic()
+        whole = _read_if_cached(path)
+        if (took := time.monotonic() - started) > cls.SLOW:
+            cls.enabled = False
+            logger.warning(
+                "reading %s on the event loop took %.0f ms: messages are read in worker "
+                "threads from now on",
+                path,
+                took * 1000,
+            )
+        return whole
 
 
 def _read_if_cached(path: str) -> bytes | None:
