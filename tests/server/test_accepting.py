@@ -125,28 +125,30 @@ def test_the_kernel_queue_is_emptied_in_one_wake_up() -> None:
         client.close()
 
 
-def test_past_max_waiting_new_connections_are_closed_unanswered() -> None:
+def test_past_max_waiting_the_flood_loses_its_oldest_not_the_newcomer() -> None:
     sock = listening()
-    clients = connect(sock, 5)
+    clients = connect(sock, 5, "127.0.0.2") + connect(sock, 1, "127.0.0.3")
     recorder = Recorder(clients)
     dropped: list[int] = []
 
-    def three_started(_: EagerAcceptServer) -> bool:
-        return len(recorder.started) == 3
+    def four_started(_: EagerAcceptServer) -> bool:
+        return len(recorder.started) == 4
 
     serve_until(
         sock,
         recorder,
-        three_started,
-        max_waiting=3,
+        four_started,
+        max_waiting=4,
         per_turn=8,
         on_dropped=lambda: dropped.append(1),
     )
-    assert [index for _, index in recorder.started] == [0, 1, 2]
+    # Room for 4 of 6: the two oldest of 127.0.0.2, the address with the most waiting,
+    # are closed; the one client of 127.0.0.3 is kept.
+    assert [index for _, index in recorder.started] == [2, 5, 3, 4]
     assert len(dropped) == 2
     for n, client in enumerate(clients):
         client.settimeout(5)
-        assert client.recv(10) == (b"+OK\r\n" if n < 3 else b"")
+        assert client.recv(10) == (b"" if n < 2 else b"+OK\r\n")
         client.close()
 
 

@@ -58,8 +58,8 @@ class EagerAcceptServer:
     """Accepts on `sock` (bound and listening, maybe shared with other workers) and runs
     `start(sock, peer_ip)` for each connection, as described above. `start` owns the
     socket from then on. `max_waiting()` bounds our queue (asked at each wake-up, so a
-    reloaded limit applies): a connection accepted while it is full is closed
-    unanswered, as the kernel drops connects to its full queue."""
+    reloaded limit applies); past it the oldest connection of the address with the most
+    waiting is closed unanswered."""
 
     def __init__(
         self,
@@ -79,6 +79,7 @@ class EagerAcceptServer:
         # Per client address, its waiting connections; the dict's order is the rotation.
         self._waiting: dict[str, collections.deque[socket.socket]] = {}
         self._count = 0
+        self._largest = ""  # the address with the most waiting, more or less (_drop_one)
         self._starting: set[asyncio.Task[None]] = set()
         self._scheduled = False
         self._closed = False
@@ -130,11 +131,6 @@ class EagerAcceptServer:
                 log.error("accept failed: %s", error)
                 self._pause()
                 break
-            if self._count >= limit:
-                conn.close()  # as the kernel drops connects to a full queue
-                if self._on_dropped is not None:
-                    self._on_dropped()
-                continue
             conn.setblocking(False)
             peer = str(address[0]) if isinstance(address, tuple) else "?"
             line = self._waiting.get(peer)
@@ -142,9 +138,25 @@ class EagerAcceptServer:
                 line = self._waiting[peer] = collections.deque()
             line.append(conn)
             self._count += 1
+            if len(line) > len(self._waiting.get(self._largest, ())):
+                self._largest = peer
+            if self._count > limit:
+                self._drop_one()
         if self._waiting and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._start_some)
+
+    def _drop_one(self) -> None:
+        """Full: close, unanswered, the oldest waiting connection of the address with the
+        most waiting (the flood's, not the client that just arrived from elsewhere)."""
+        peer = self._largest if self._largest in self._waiting else next(iter(self._waiting))
+        line = self._waiting[peer]
+        line.popleft().close()
+        self._count -= 1
+        if not line:
+            del self._waiting[peer]
+        if self._on_dropped is not None:
+            self._on_dropped()
 
     def _pause(self) -> None:
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import pickle
+import resource
 import signal
 import socket
 import ssl
@@ -190,6 +191,9 @@ async def serve(
     ctx = ctx or make_context(config)
     loop = asyncio.get_running_loop()
     servers: list[EagerAcceptServer | ProxyProtocolServer] = []
+    # Connections waiting to start hold a descriptor each (in the kernel's queue they held
+    # none): a quarter of the limit at most, so that sessions can still open maildrops.
+    waiting_room = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
     for entry in listeners.pop3:
         listener = entry.listener
         implicit = listener.tls == "implicit" and ctx.tls is not None
@@ -204,7 +208,7 @@ async def serve(
             server = EagerAcceptServer(
                 entry.sock,
                 functools.partial(start_session, ctx, listener.tls, tls),
-                max_waiting=lambda: ctx.policy.max_connections,
+                max_waiting=lambda: min(ctx.policy.max_connections, waiting_room),
                 on_dropped=functools.partial(ctx.metrics.refused, "backlog"),
             )
             server.start_serving()
