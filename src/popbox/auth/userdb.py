@@ -88,20 +88,25 @@ class UserDatabaseAuthenticator:
         database cannot be read now (logged by the implementation)."""
         raise NotImplementedError
 
-    async def _find_or_fail(self, user: str) -> UserRecord | AuthResult | None:
+    async def _record(self, user: str) -> tuple[str, UserRecord | None] | AuthResult:
+        """(canonical name, its record or None); INVALID for a name that cannot be one,
+        TEMPORARY_FAILURE when the database cannot be read now."""
+        name = _canonical(user)
+        if name is None:
+            return _INVALID
         try:
-            return await self.find(user)
+            return name, await self.find(name)
         except OSError:
             return _TEMPORARY
 
     async def verify_password(self, user: str, password: str) -> AuthResult:
-        name = _canonical(user)
-        if not password or name is None:
+        if not password:
             # An empty password is never valid, whatever the database says (`{PLAIN}`).
             return _INVALID
-        record = await self._find_or_fail(name)
-        if isinstance(record, AuthResult):
-            return record
+        found = await self._record(user)
+        if isinstance(found, AuthResult):
+            return found
+        record = found[1]
         prepared = _prepared_password(password)
         scheme = self.default_scheme
         if record is not None and schemes.is_fast(record.secret, default_scheme=scheme):
@@ -110,32 +115,24 @@ class UserDatabaseAuthenticator:
         return await asyncio.to_thread(self._check_password, record, prepared)
 
     async def verify_apop(self, user: str, timestamp: str, digest: str) -> AuthResult:
-        name = _canonical(user)
-        if name is None:
-            return _INVALID
-        record = await self._find_or_fail(name)
-        if isinstance(record, AuthResult):
-            return record
-        return self._check_apop(record, timestamp, digest)
+        found = await self._record(user)
+        if isinstance(found, AuthResult):
+            return found
+        return self._check_apop(found[1], timestamp, digest)
 
     async def verify_cram_md5(self, user: str, challenge: bytes, digest: str) -> AuthResult:
-        name = _canonical(user)
-        if name is None:
-            return _INVALID
-        record = await self._find_or_fail(name)
-        if isinstance(record, AuthResult):
-            return record
-        return self._check_cram_md5(record, challenge, digest)
+        found = await self._record(user)
+        if isinstance(found, AuthResult):
+            return found
+        return self._check_cram_md5(found[1], challenge, digest)
 
     async def scram_credentials(self, user: str, mechanism: str) -> ScramCredentials | None:
         # A mechanism other than SCRAM-SHA-1/256[-PLUS] is the caller's bug: ValueError.
         scramkeys.scram_hash(mechanism)
-        name = _canonical(user)
-        if name is None:
-            return None
-        record = await self._find_or_fail(name)
-        if isinstance(record, AuthResult):
-            return None  # the proof fails; the read error is logged
+        found = await self._record(user)
+        if isinstance(found, AuthResult):
+            return None  # no such name, or the read error is logged: the proof fails
+        name, record = found
         # Deriving from a PLAIN secret is a PBKDF2: CPU work, off the event loop.
         return await asyncio.to_thread(self._scram_credentials, record, name, mechanism)
 
@@ -153,9 +150,10 @@ class UserDatabaseAuthenticator:
                 self._oauth.config.username_claim,
             )
             return _INVALID
-        record = await self._find_or_fail(name)
-        if isinstance(record, AuthResult):
-            return record
+        try:
+            record = await self.find(name)
+        except OSError:
+            return _TEMPORARY
         if record is None:
             self._log.info("bearer token refused: %s is not in %s", name, self.source)
             return _INVALID
