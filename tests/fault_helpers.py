@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server_helpers import (
-    OPEN_CLIENTS,
-    RUNNING,
     PopboxServer,
+    close_everything_started,
     launch,
     write_config,
 )
@@ -73,10 +72,7 @@ def mounts_for_test() -> Iterator[Mounts]:
     try:
         yield made
     finally:
-        while OPEN_CLIENTS:
-            OPEN_CLIENTS.pop().close()
-        while RUNNING:
-            RUNNING.pop().kill()
+        close_everything_started()
         made.unmount_all()
 
 

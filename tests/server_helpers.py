@@ -214,6 +214,14 @@ RUNNING: list[PopboxServer] = []
 OPEN_CLIENTS: list[RawClient] = []
 
 
+def close_everything_started() -> None:
+    """What a test left open: its RawClients, then its popbox processes (killed)."""
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
+    while RUNNING:
+        RUNNING.pop().kill()
+
+
 class RawClient:
     """A bare POP3 client over a socket, for exact bytes on the wire."""
 

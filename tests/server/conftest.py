@@ -10,10 +10,9 @@ import trustme
 
 from server_helpers import (
     HOSTNAME,
-    OPEN_CLIENTS,
-    RUNNING,
     PopboxServer,
     client_corpus,
+    close_everything_started,
     start_popbox,
 )
 
@@ -52,10 +51,7 @@ def popbox(tmp_path: Path) -> Iterator[Starter]:
         return server
 
     yield start
-    while OPEN_CLIENTS:
-        OPEN_CLIENTS.pop().close()
-    while RUNNING:
-        RUNNING.pop().kill()
+    close_everything_started()
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,10 @@ from pg_helpers import (
 )
 from popbox.cli import main
 from server_helpers import (
-    OPEN_CLIENTS,
-    RUNNING,
     PopboxServer,
     RawClient,
     client_corpus,
+    close_everything_started,
     crlf,
     launch,
     rss_kib,
@@ -51,10 +50,7 @@ def serve() -> Iterator[Serve]:
         return server
 
     yield start
-    while OPEN_CLIENTS:
-        OPEN_CLIENTS.pop().close()
-    while RUNNING:
-        RUNNING.pop().kill()
+    close_everything_started()
     for server in started:
         assert PASSWORD not in "\n".join(server.log.lines)
 

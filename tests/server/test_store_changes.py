@@ -18,10 +18,9 @@ import pytest
 from fault_helpers import USERS, lmtp_deliver, retr, serve
 from pg_helpers import PostgresServer, deliver, write_pg_config
 from server_helpers import (
-    OPEN_CLIENTS,
-    RUNNING,
     PopboxServer,
     RawClient,
+    close_everything_started,
     crlf,
     launch,
     maildir_contents,
@@ -38,10 +37,7 @@ NOT_REMOVED = b"-ERR some deleted messages not removed\r\n"
 @pytest.fixture(autouse=True)
 def _cleanup() -> object:
     yield None
-    while OPEN_CLIENTS:
-        OPEN_CLIENTS.pop().close()
-    while RUNNING:
-        RUNNING.pop().kill()
+    close_everything_started()
 
 
 def record(message: bytes, sender: bytes = b"x@example.org") -> bytes:
