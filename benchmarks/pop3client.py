@@ -13,9 +13,13 @@ import errno
 import os
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from seed import PASSWORD
+
+ProtocolT = TypeVar("ProtocolT", bound=asyncio.BaseProtocol)
 
 CRLF = b"\r\n"
 END_OF_MULTILINE = b"\r\n.\r\n"  # RFC 1939 section 3: CRLF "." CRLF ends a multi-line reply
@@ -175,14 +179,14 @@ class Target:
             raise
         return sock
 
-    async def session(self, index: int, commands: tuple[bytes, ...]) -> None:
-        """One whole scripted session (see Scripted)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+    async def open(
+        self, index: int, factory: Callable[[], ProtocolT]
+    ) -> tuple[asyncio.BaseTransport, ProtocolT]:
+        """A transport over socket(index), TLS too when the target has it."""
         sock = await self.socket(index)
         try:
-            transport, _ = await loop.create_connection(
-                lambda: Scripted(commands, done),
+            return await asyncio.get_running_loop().create_connection(
+                factory,
                 sock=sock,
                 ssl=self.tls,
                 server_hostname="localhost" if self.tls else None,
@@ -190,6 +194,11 @@ class Target:
         except BaseException:
             sock.close()
             raise
+
+    async def session(self, index: int, commands: tuple[bytes, ...]) -> None:
+        """One whole scripted session (see Scripted)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        transport, _ = await self.open(index, lambda: Scripted(commands, done))
         try:
             await done
         finally:
@@ -197,18 +206,7 @@ class Target:
 
     async def connect(self, index: int) -> Pop3Client:
         """Connect from 127.0.0.<1 + index % sources> and read the greeting."""
-        loop = asyncio.get_running_loop()
-        sock = await self.socket(index)
-        try:
-            _, client = await loop.create_connection(
-                Pop3Client,
-                sock=sock,
-                ssl=self.tls,
-                server_hostname="localhost" if self.tls else None,
-            )
-        except BaseException:
-            sock.close()
-            raise
+        _, client = await self.open(index, Pop3Client)
         try:
             await client.reply()
         except BaseException:
