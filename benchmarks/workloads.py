@@ -66,6 +66,19 @@ class Bench:
             for g in range(generators)
         ]
 
+    def start_together(
+        self, server: Server, workload: str, options: list[str], generators: int, *, tls: bool
+    ) -> tuple[list[subprocess.Popen[str]], float, float]:
+        """Generators over the bulk users that begin together START_DELAY from now; returns
+        once they have: (processes, the start time, the server's CPU seconds then)."""
+        start_at = time.time() + START_DELAY
+        users = ["--users", f"bulk:{self.settings.bulk_users}"]
+        processes = self.spawn(
+            server, workload, [*users, *options, "--start-at", repr(start_at)], generators, tls=tls
+        )
+        time.sleep(max(0.0, start_at - time.time()))
+        return processes, start_at, server.cpu_seconds()
+
     @staticmethod
     def collect(processes: list[subprocess.Popen[str]]) -> list[Result]:
         results = []
@@ -93,16 +106,10 @@ class Bench:
 
     def churn_run(self, server: Server, clients: int, seconds: float, *, tls: bool) -> Result:
         generators = 1 if clients < self.settings.generators * 2 else self.settings.generators
-        start_at = time.time() + START_DELAY
-        options = [
-            "--users", f"bulk:{self.settings.bulk_users}",
-            "--clients", str(clients),
-            "--duration", str(seconds),
-            "--start-at", repr(start_at),
-        ]  # fmt: skip
-        processes = self.spawn(server, "churn", options, generators, tls=tls)
-        time.sleep(max(0.0, start_at - time.time()))
-        before = server.cpu_seconds()
+        options = ["--clients", str(clients), "--duration", str(seconds)]
+        processes, start_at, before = self.start_together(
+            server, "churn", options, generators, tls=tls
+        )
         time.sleep(max(0.0, start_at + seconds - time.time()))
         used = server.cpu_seconds() - before
         results = self.collect(processes)
@@ -195,16 +202,10 @@ class Bench:
     def bulk_run(self, server: Server, messages: int) -> Result:
         clients = self.settings.clients
         generators = self.settings.generators
-        start_at = time.time() + START_DELAY
-        options = [
-            "--users", f"bulk:{self.settings.bulk_users}",
-            "--clients", str(clients),
-            "--messages", str(messages),
-            "--start-at", repr(start_at),
-        ]  # fmt: skip
-        processes = self.spawn(server, "bulk", options, generators, tls=False)
-        time.sleep(max(0.0, start_at - time.time()))
-        before = server.cpu_seconds()
+        options = ["--clients", str(clients), "--messages", str(messages)]
+        processes, start_at, before = self.start_together(
+            server, "bulk", options, generators, tls=False
+        )
         results = self.collect(processes)
         used = server.cpu_seconds() - before
         wall = max(result["finished_at"] for result in results) - start_at
