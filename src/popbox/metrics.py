@@ -65,7 +65,7 @@ RETR_BUCKETS = (*_SUB_SECOND, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # Every label value comes from these fixed sets, never from client input, so a client
 # cannot create unbounded series.
 UNKNOWN_COMMAND = UNKNOWN_KEYWORD
-REFUSED_REASONS = ("limit", "ip_limit", "blocked", "proxy", "backlog")
+REFUSED_REASONS = ("limit", "ip_limit", "blocked", "proxy", "backlog", "reset")
 LOGIN_RESULTS = (
     "ok",
     "failed",
@@ -184,6 +184,11 @@ class ServerMetrics:
         if reason not in REFUSED_REASONS:
             raise ValueError(f"unknown refusal reason {reason!r}")
         self.connections_refused.labels(reason=reason).inc()
+
+    def closed_unstarted(self, reason: str) -> None:
+        """An accepted connection closed before its session started (server/accepting.py)."""
+        self.connections.inc()
+        self.refused(reason)
 
     def store_error(self, operation: str) -> None:
         if operation not in STORE_OPERATIONS:

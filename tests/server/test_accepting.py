@@ -1,17 +1,25 @@
 """The eager-accept listener (server/accepting.py), on real sockets: the kernel's accept
 queue emptied at once, sessions started a few per loop turn with client addresses taken in
-turn, connections past max_waiting dropped, everything waiting closed on close()."""
+turn, a quiet address's connection started ahead of the rotation, reset connections closed
+without a session, connections past max_waiting dropped, everything waiting closed on
+close()."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from popbox.server.accepting import EagerAcceptServer
+from popbox.server.accepting import QUIET, EagerAcceptServer
+
+
+def busy(peer: str) -> int:
+    """Every address already has sessions open: all of them wait in the rotation."""
+    return QUIET
 
 
 def listening() -> socket.socket:
@@ -83,7 +91,14 @@ def test_backlog_starts_a_batch_a_turn_taking_addresses_in_turn() -> None:
     clients = flood + honest + more
     recorder = Recorder(clients)
 
-    serve_until(sock, recorder, lambda _: len(recorder.started) == 10, max_waiting=100, per_turn=3)
+    serve_until(
+        sock,
+        recorder,
+        lambda _: len(recorder.started) == 10,
+        max_waiting=100,
+        per_turn=3,
+        open_from=busy,
+    )
     order = [index for _, index in recorder.started]
     # One from each address in turn, oldest first within an address: the client from
     # 127.0.0.3 starts in the first batch, not after the seven of 127.0.0.2.
@@ -129,7 +144,7 @@ def test_past_max_waiting_the_flood_loses_its_oldest_not_the_newcomer() -> None:
     sock = listening()
     clients = connect(sock, 5, "127.0.0.2") + connect(sock, 1, "127.0.0.3")
     recorder = Recorder(clients)
-    dropped: list[int] = []
+    dropped: list[str] = []
 
     def four_started(_: EagerAcceptServer) -> bool:
         return len(recorder.started) == 4
@@ -140,15 +155,125 @@ def test_past_max_waiting_the_flood_loses_its_oldest_not_the_newcomer() -> None:
         four_started,
         max_waiting=4,
         per_turn=8,
-        on_dropped=lambda: dropped.append(1),
+        on_dropped=dropped.append,
+        open_from=busy,
     )
     # Room for 4 of 6: the two oldest of 127.0.0.2, the address with the most waiting,
     # are closed; the one client of 127.0.0.3 is kept.
     assert [index for _, index in recorder.started] == [2, 5, 3, 4]
-    assert len(dropped) == 2
+    assert dropped == ["backlog", "backlog"]
     for n, client in enumerate(clients):
         client.settimeout(5)
         assert client.recv(10) == (b"" if n < 2 else b"+OK\r\n")
+        client.close()
+
+
+def test_a_quiet_address_starts_ahead_of_a_flood_from_many_addresses() -> None:
+    sock = listening()
+    # A botnet: 8 addresses with 4 connections each, every address with sessions open.
+    flood = [c for n in range(8) for c in connect(sock, 4, f"127.0.1.{n + 1}")]
+    quiet = connect(sock, 2, "127.0.0.3")  # arrives last; nothing open from there
+    clients = flood + quiet
+    recorder = Recorder(clients)
+    quiet_address = "127.0.0.3"
+
+    def open_from(peer: str) -> int:
+        return 0 if peer == quiet_address else 5
+
+    serve_until(
+        sock,
+        recorder,
+        lambda _: len(recorder.started) == len(clients),
+        max_waiting=100,
+        per_turn=1,
+        open_from=open_from,
+    )
+    order = [index for _, index in recorder.started]
+    # The quiet address's first connection starts first, ahead of the 32 flood
+    # connections that arrived before it. Its second waits in the rotation like any
+    # other: one express connection per address.
+    assert order[:2] == [32, 0]
+    assert order.index(33) > 8
+    turns = [turn for turn, _ in recorder.started]
+    assert len(set(turns)) == len(clients)  # one start per turn
+    for client in clients:
+        assert client.recv(10) == b"+OK\r\n"
+        client.close()
+
+
+def test_quiet_and_rotation_take_turns_so_neither_starves() -> None:
+    sock = listening()
+    rotation = connect(sock, 3, "127.0.0.2")  # one address with sessions open
+    quiet = [c for n in range(3) for c in connect(sock, 1, f"127.0.2.{n + 1}")]
+    clients = rotation + quiet
+    recorder = Recorder(clients)
+
+    def open_from(peer: str) -> int:
+        return 5 if peer == "127.0.0.2" else 0
+
+    serve_until(
+        sock,
+        recorder,
+        lambda _: len(recorder.started) == 6,
+        max_waiting=100,
+        per_turn=1,
+        open_from=open_from,
+    )
+    assert [index for _, index in recorder.started] == [3, 0, 4, 1, 5, 2]
+    for client in clients:
+        client.close()
+
+
+def reset(client: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0), as a scanner or an impatient client does."""
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+def test_reset_connections_are_closed_without_a_session() -> None:
+    sock = listening()
+    clients = connect(sock, 6)
+    recorder = Recorder(clients)
+    clients[1].sendall(b"USER a\r\nPASS b\r\n")
+    clients[1].shutdown(socket.SHUT_WR)  # half-closed after its commands: still served
+    for n in (0, 2, 4):
+        reset(clients[n])
+    dropped: list[str] = []
+
+    serve_until(
+        sock,
+        recorder,
+        lambda server: len(recorder.started) == 3 and not server.waiting,
+        max_waiting=100,
+        per_turn=1,
+        on_dropped=dropped.append,
+    )
+    assert [index for _, index in recorder.started] == [1, 3, 5]
+    assert dropped == ["reset", "reset", "reset"]
+    for n in (1, 3, 5):
+        assert clients[n].recv(10) == b"+OK\r\n"
+        clients[n].close()
+
+
+def test_past_max_waiting_with_every_address_quiet_the_oldest_goes() -> None:
+    sock = listening()
+    clients = [c for n in range(4) for c in connect(sock, 1, f"127.0.3.{n + 1}")]
+    recorder = Recorder(clients)
+    dropped: list[str] = []
+
+    serve_until(
+        sock,
+        recorder,
+        lambda _: len(recorder.started) == 3,
+        max_waiting=3,
+        per_turn=4,
+        on_dropped=dropped.append,
+    )
+    assert [index for _, index in recorder.started] == [1, 2, 3]
+    assert dropped == ["backlog"]
+    clients[0].settimeout(5)
+    assert clients[0].recv(10) == b""
+    for client in clients:
         client.close()
 
 

@@ -14,6 +14,18 @@ so a turn stays short and the loop keeps serving the sessions it has. The queue 
 line per client address, served in rotation (one connection from each address in turn,
 oldest first within an address): a flood from a few addresses, however many connections,
 delays a client from another address by a few turns, not by the whole flood.
+
+A quiet address (none of its connections waiting, fewer than QUIET sessions open) does
+not even wait for its turn: its connection goes to an express line, and express and
+rotation take turns at starting. A flood spread over a botnet's addresses, a few
+connections each, would otherwise put an honest client behind every one of them: as it
+is, the client waits for one start, whatever the flood. Starting one session per turn
+keeps the turns short; the turn after is only as far away as what the loop has to do.
+
+A connection that the client reset while it waited is closed without a session: that
+costs one recv(2), where a session (transport, greeting, two log lines) costs a hundred
+times more, and a third of a connect flood may be resets. A client that only half-closed
+(`printf 'USER ...' | nc`) still gets its session.
 """
 
 from __future__ import annotations
@@ -30,8 +42,13 @@ from typing import Any
 log = logging.getLogger("popbox.server")
 
 # Sessions started per loop turn: each costs a few hundred microseconds (transport,
-# session, greeting, log line), so a turn with a full batch stays near 5 ms.
-PER_TURN = 16
+# session, greeting, log lines), and whatever else is ready runs in the same turn. When
+# nothing else is, turns follow each other at once and sessions start as fast as one.
+PER_TURN = 1
+# Reset connections closed unstarted per loop turn at most (a few microseconds each).
+RESETS_PER_TURN = 64
+# An address with fewer sessions open than this, and nothing waiting, is quiet.
+QUIET = 2
 # accept(2) calls per wake-up at most, so that accepting cannot starve the loop either.
 ACCEPT_PER_WAKE = 128
 # asyncio's own servers pause accepting this long when out of file descriptors.
@@ -54,12 +71,18 @@ RETRY_AT_ONCE = frozenset(
 Starter = Callable[[socket.socket, str], Coroutine[Any, Any, None]]
 
 
+def _nothing_open(peer: str) -> int:
+    return 0
+
+
 class EagerAcceptServer:
     """Accepts on `sock` (bound and listening, maybe shared with other workers) and runs
     `start(sock, peer_ip)` for each connection, as described above. `start` owns the
-    socket from then on. `max_waiting()` bounds our queue (asked at each wake-up, so a
-    reloaded limit applies); past it the oldest connection of the address with the most
-    waiting is closed unanswered."""
+    socket from then on. `open_from(peer_ip)` tells how many sessions an address has open.
+    `max_waiting()` bounds our queue (asked at each wake-up, so a reloaded limit applies);
+    past it the oldest connection of the address with the most waiting is closed
+    unanswered, and `on_dropped("backlog")` called; `on_dropped("reset")` for each reset
+    connection closed unstarted."""
 
     def __init__(
         self,
@@ -68,7 +91,8 @@ class EagerAcceptServer:
         *,
         max_waiting: Callable[[], int],
         per_turn: int = PER_TURN,
-        on_dropped: Callable[[], None] | None = None,
+        on_dropped: Callable[[str], None] | None = None,
+        open_from: Callable[[str], int] = _nothing_open,
     ) -> None:
         self.sockets = [sock]
         self._sock = sock
@@ -76,9 +100,13 @@ class EagerAcceptServer:
         self._max_waiting = max_waiting
         self._per_turn = per_turn
         self._on_dropped = on_dropped
+        self._open_from = open_from
         # Per client address, its waiting connections; the dict's order is the rotation.
         self._waiting: dict[str, collections.deque[socket.socket]] = {}
-        self._count = 0
+        # Quiet addresses' connections, at most one each, in arrival order.
+        self._express: dict[str, socket.socket] = {}
+        self._express_next = True  # whose turn it is when both lines have connections
+        self._count = 0  # waiting in both
         self._largest = ""  # the address with the most waiting, more or less (_drop_one)
         self._starting: set[asyncio.Task[None]] = set()
         self._scheduled = False
@@ -108,7 +136,10 @@ class EagerAcceptServer:
         for line in self._waiting.values():
             for conn in line:
                 conn.close()
+        for conn in self._express.values():
+            conn.close()
         self._waiting.clear()
+        self._express.clear()
         self._count = 0
 
     async def wait_closed(self) -> None:
@@ -133,30 +164,37 @@ class EagerAcceptServer:
                 break
             conn.setblocking(False)
             peer = str(address[0]) if isinstance(address, tuple) else "?"
-            line = self._waiting.get(peer)
-            if line is None:
-                line = self._waiting[peer] = collections.deque()
-            line.append(conn)
             self._count += 1
-            if len(line) > len(self._waiting.get(self._largest, ())):
-                self._largest = peer
+            line = self._waiting.get(peer)
+            if line is None and peer not in self._express and self._open_from(peer) < QUIET:
+                self._express[peer] = conn
+            else:
+                if line is None:
+                    line = self._waiting[peer] = collections.deque()
+                line.append(conn)
+                if len(line) > len(self._waiting.get(self._largest, ())):
+                    self._largest = peer
             if self._count > limit:
                 self._drop_one()
-        if self._waiting and not self._scheduled:
+        if self._count and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._start_some)
 
     def _drop_one(self) -> None:
         """Full: close, unanswered, the oldest waiting connection of the address with the
-        most waiting (the flood's, not the client that just arrived from elsewhere)."""
-        peer = self._largest if self._largest in self._waiting else next(iter(self._waiting))
-        line = self._waiting[peer]
-        line.popleft().close()
+        most waiting (the flood's, not the client that just arrived from elsewhere); with
+        no address waiting twice, the oldest quiet one."""
+        if self._waiting:
+            peer = self._largest if self._largest in self._waiting else next(iter(self._waiting))
+            line = self._waiting[peer]
+            line.popleft().close()
+            if not line:
+                del self._waiting[peer]
+        else:
+            self._express.pop(next(iter(self._express))).close()
         self._count -= 1
-        if not line:
-            del self._waiting[peer]
         if self._on_dropped is not None:
-            self._on_dropped()
+            self._on_dropped("backlog")
 
     def _pause(self) -> None:
         loop = asyncio.get_running_loop()
@@ -174,22 +212,50 @@ class EagerAcceptServer:
         self._scheduled = False
         if self._closed:
             return
-        waiting = self._waiting
         loop = asyncio.get_running_loop()
-        for _ in range(min(self._per_turn, self._count)):
-            peer = next(iter(waiting))  # the address whose turn it is
-            line = waiting.pop(peer)
-            conn = line.popleft()
-            if line:
-                waiting[peer] = line  # to the back of the rotation
-            self._count -= 1
+        started = resets = 0
+        while self._count and started < self._per_turn and resets < RESETS_PER_TURN:
+            conn, peer = self._next()
+            if self._was_reset(conn):
+                resets += 1
+                continue
+            started += 1
             task = loop.create_task(self._start_one(conn, peer))
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
-        if waiting:
+        if self._count:
             # The next batch after the loop has polled (and so accepted) again.
             self._scheduled = True
             loop.call_soon(self._start_some)
+
+    def _next(self) -> tuple[socket.socket, str]:
+        """The connection to start next: express and rotation take turns."""
+        self._count -= 1
+        express = bool(self._express) and (self._express_next or not self._waiting)
+        self._express_next = not express
+        if express:
+            peer = next(iter(self._express))
+            return self._express.pop(peer), peer
+        peer = next(iter(self._waiting))  # the address whose turn it is
+        line = self._waiting.pop(peer)
+        conn = line.popleft()
+        if line:
+            self._waiting[peer] = line  # to the back of the rotation
+        return conn, peer
+
+    def _was_reset(self, conn: socket.socket) -> bool:
+        """Closes `conn` if the client reset it (the peek fails); data or a half-close
+        means a session."""
+        try:
+            conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            conn.close()
+            if self._on_dropped is not None:
+                self._on_dropped("reset")
+            return True
+        return False
 
     async def _start_one(self, conn: socket.socket, peer: str) -> None:
         try:

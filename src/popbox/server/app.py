@@ -209,7 +209,8 @@ async def serve(
                 entry.sock,
                 functools.partial(start_session, ctx, listener.tls, tls),
                 max_waiting=lambda: min(ctx.policy.max_connections, waiting_room),
-                on_dropped=functools.partial(ctx.metrics.refused, "backlog"),
+                on_dropped=ctx.metrics.closed_unstarted,
+                open_from=ctx.per_ip.__getitem__,
             )
             server.start_serving()
         servers.append(server)
@@ -353,7 +354,7 @@ async def start_session(
     try:
         # From here the transport owns the socket, and closes it on failure.
         await asyncio.get_running_loop().connect_accepted_socket(
-            functools.partial(Pop3Connection, ctx, tls_mode),
+            functools.partial(Pop3Connection, ctx, tls_mode, peer=peer),
             sock,
             ssl=tls,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls is not None else None,

@@ -48,7 +48,12 @@ log = logging.getLogger("popbox.session")
 
 class Pop3Connection(asyncio.Protocol):
     def __init__(
-        self, ctx: ServerContext, tls_mode: str = "none", proxied: ProxiedClient | None = None
+        self,
+        ctx: ServerContext,
+        tls_mode: str = "none",
+        proxied: ProxiedClient | None = None,
+        *,
+        peer: str | None = None,
     ) -> None:
         self._ctx = ctx
         self._tls_mode = tls_mode  # "none" | "starttls" | "implicit"
@@ -64,7 +69,8 @@ class Pop3Connection(asyncio.Protocol):
         self._maildrop: Maildrop | None = None
         self._retrieved: set[str] = set()  # keys RETR'd in this session (EXPIRE)
         self._expire_days: int | None = None  # this user's EXPIRE, set at login
-        self.peer = "?"
+        # The address accept(2) gave: getpeername(2) fails once the client reset.
+        self.peer = peer or "?"
         self.session_id = new_session_id()
         self.acct = SessionAccounting(ctx.metrics)  # the logout line's counts, and metrics
 
@@ -75,8 +81,9 @@ class Pop3Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         # Implicit TLS (RFC 8314): asyncio ran the handshake before calling us.
         self._tls = transport.get_extra_info("ssl_object") is not None
-        peername = transport.get_extra_info("peername")
-        self.peer = str(peername[0]) if peername else "?"
+        if self.peer == "?":
+            peername = transport.get_extra_info("peername")
+            self.peer = str(peername[0]) if peername else "?"
         if self._proxied is not None:
             # Logs, limits, throttling and the plaintext policy see the real client.
             self.peer = self._proxied.address
