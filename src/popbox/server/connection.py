@@ -370,6 +370,7 @@ class Pop3Connection(asyncio.Protocol):
                 self._write(pending)
                 status_sent = True
                 await self._drain()
+                await self._ctx.pacer.step()  # a big message: a block a turn (pacing.py)
                 pending = encoder.feed(block)
             # The end of the reply leaves with its last block: one write, no small tail.
             pending += encoder.finish()
