@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 from conftest import Starter
 
@@ -25,6 +27,36 @@ def test_endless_line_gets_err_and_memory_stays_bounded(popbox: Starter) -> None
     assert other.login("bob", "bob").startswith(b"+OK maildrop has 1 messages")
     assert flood.command(b"\r\nNOOP") == b"-ERR NOOP not allowed in AUTHORIZATION state\r\n"
     assert rss_kib(server.process.pid) - baseline < 10_000
+
+
+def trickle(client: RawClient, data: bytes) -> None:
+    """One octet per TCP segment (no Nagle), as a slow or hostile client sends."""
+    client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for octet in data:
+        client.send(bytes([octet]))
+        time.sleep(0.001)
+
+
+def test_commands_trickled_an_octet_at_a_time(popbox: Starter) -> None:
+    """The session is woken by a line end, not by every octet: the replies are the same."""
+    message = b"Subject: hi\r\n\r\nhi\r\n"
+    server = popbox(USERS, {"bob": [message]})
+    client = RawClient(server)
+    trickle(client, b"USER bob\r")
+    client.sock.settimeout(0.3)
+    try:  # half a line: no reply yet
+        early = client.sock.recv(100)
+    except TimeoutError:
+        early = b""
+    assert early == b""
+    client.sock.settimeout(10)
+    trickle(client, b"\nPASS bob\r\nST")
+    assert client.read_line() == b"+OK send PASS\r\n"
+    assert client.read_line().startswith(b"+OK maildrop has 1 messages")
+    trickle(client, b"AT\r\n" + b"Z" * 300)  # then a line that cannot end in time
+    assert client.read_line() == b"+OK 1 %d\r\n" % len(crlf(message))
+    assert client.read_line() == b"-ERR line too long (limit 255 octets)\r\n"
+    assert client.command(b"\r\nNOOP") == b"+OK\r\n"
 
 
 def test_binary_garbage_and_too_many_bad_commands(popbox: Starter) -> None:

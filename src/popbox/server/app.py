@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from popbox import pacing
 from popbox.auth.base import Authenticator
 from popbox.auth.oauth import BearerVerifier, OAuthConfig
 from popbox.auth.passwdfile import PasswdFileAuthenticator
@@ -25,7 +26,7 @@ from popbox.delivery.lmtp import LmtpServer, start_lmtp
 from popbox.metrics import served_by_master, start_metrics_server
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS
 from popbox.server import sdnotify
-from popbox.server.accepting import EagerAcceptServer
+from popbox.server.accepting import QUIET, EagerAcceptServer
 from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
     OAUTH_MECHANISMS,
@@ -41,6 +42,7 @@ from popbox.storage.base import MaildropStore
 from popbox.storage.maildir import MaildirStore
 
 log = logging.getLogger("popbox.server")
+
 session_log = logging.getLogger("popbox.session")
 
 # RFC 1939 section 3: "the autologout timer MUST be of at least 10 minutes' duration".
@@ -351,6 +353,8 @@ async def start_session(
 ) -> None:
     """An accepted connection becomes a POP3 session (after the handshake, on an
     implicit-TLS port: RFC 8314 section 3.3)."""
+    if ctx.per_ip[peer] >= QUIET:
+        await pacing.step()  # a busy address's sessions start as background work
     try:
         # From here the transport owns the socket, and closes it on failure.
         await asyncio.get_running_loop().connect_accepted_socket(

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import cast
 
+from popbox import pacing
 from popbox.logsetup import bind_session, new_session_id
 from popbox.protocol.events import (
     Authenticate,
@@ -29,7 +30,9 @@ from popbox.protocol.events import (
     ScramLookup,
     StartTls,
 )
+from popbox.protocol.limits import MAX_COMMAND_LINE
 from popbox.protocol.session import Pop3Session
+from popbox.server.accepting import QUIET
 from popbox.server.accounting import SessionAccounting
 from popbox.server.context import (
     MAX_PENDING_INPUT,
@@ -106,7 +109,10 @@ class Pop3Connection(asyncio.Protocol):
             return
         session.receive_data(data)
         self.acct.received(len(data))
-        self._data_arrived.set()
+        # Only a whole line (or one past the command limit) can be a command: a line
+        # trickled in a byte at a time wakes the session once, not once a byte.
+        if b"\n" in data or session.buffered >= MAX_COMMAND_LINE:
+            self._data_arrived.set()
         if session.buffered > MAX_PENDING_INPUT:
             self._transport.pause_reading()
 
@@ -275,6 +281,10 @@ class Pop3Connection(asyncio.Protocol):
                 if woken == "shutdown":
                     self._write(session.shutting_down().data)
                     return woken
+                if self._ctx.per_ip[self.peer] >= QUIET:
+                    # An address with several sessions open: its commands are background
+                    # work, and a quiet client's go first (pacing.py).
+                    await pacing.step()
                 continue
             last_command = loop.time()
             if isinstance(event, CloseConnection):
@@ -370,7 +380,7 @@ class Pop3Connection(asyncio.Protocol):
                 self._write(pending)
                 status_sent = True
                 await self._drain()
-                await self._ctx.pacer.step()  # a big message: a block a turn (pacing.py)
+                await pacing.step()  # a big message: background work (pacing.py)
                 pending = encoder.feed(block)
             # The end of the reply leaves with its last block: one write, no small tail.
             pending += encoder.finish()

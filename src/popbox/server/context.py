@@ -18,7 +18,6 @@ from popbox.auth.throttle import LoginDelayTracker, LoginThrottle
 from popbox.metrics import ServerMetrics, current
 from popbox.protocol.session import SessionConfig
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS, PLAINTEXT_MECHANISMS
-from popbox.server.pacing import Pacer
 from popbox.server.tls import TlsManager
 from popbox.storage.base import MaildropStore
 
@@ -82,7 +81,6 @@ class ServerContext:
     metrics: ServerMetrics = field(default_factory=current)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
-    pacer: Pacer = field(default_factory=Pacer)  # big messages' blocks, a few per turn
     # Shutdown past shutdown_timeout: sessions waiting for a command (their wake-up events
     # are in `idle`) are told -ERR [SYS/TEMP] and closed, without UPDATE.
     closing: bool = False

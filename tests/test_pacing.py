@@ -1,11 +1,11 @@
-"""The pacer (server/pacing.py): bulk steps a few per loop turn, first come first served,
-and the loop's other work runs in every turn between them."""
+"""The pacer (popbox/pacing.py): background steps a few per loop turn, first come first
+served, and the loop's other work runs in every turn between them."""
 
 from __future__ import annotations
 
 import asyncio
 
-from popbox.server.pacing import Pacer
+from popbox.pacing import Pacer
 
 
 class Turns:
