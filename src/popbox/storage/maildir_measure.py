@@ -44,10 +44,13 @@ class Measured:
     x_uidl: str | None
 
 
-def measure_file(path: str, *, octets: bool, mtime: bool, x_uidl: bool) -> Measured | None:
-    """Open `path` once and find what was asked for. None if it is not a regular file (a
-    symlink or a directory planted since the scan). Raises FileNotFoundError if it vanished,
-    OSError on other failures."""
+def measure_file(
+    path: str, *, octets: bool, mtime: bool, x_uidl: bool, count_up_to: int | None = None
+) -> Measured | None:
+    """Open `path` once and find what was asked for; a file of more than `count_up_to`
+    octets is not counted (octets None: storage/maildir_count.py counts it). None if it is
+    not a regular file (a symlink or a directory planted since the scan). Raises
+    FileNotFoundError if it vanished, OSError on other failures."""
     if not (octets or x_uidl):
         if not mtime:
             return Measured(None, None, None)
@@ -65,10 +68,10 @@ def measure_file(path: str, *, octets: bool, mtime: bool, x_uidl: bool) -> Measu
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             return None
-        if octets:
+        if octets and (count_up_to is None or status.st_size <= count_up_to):
             size, header = _count_and_keep_header(fd, status.st_size, keep_header=x_uidl)
         else:
-            size, header = None, _read_header(fd)
+            size, header = None, _read_header(fd) if x_uidl else b""
     finally:
         os.close(fd)
     found = find_x_uidl(header) if x_uidl else None

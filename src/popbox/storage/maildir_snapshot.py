@@ -6,8 +6,10 @@ that one file and lists nothing. Otherwise it lists new/ and cur/ (one scandir e
 stat per file) and takes everything else from the cache. Only messages the cache does not
 know yet are looked at more closely:
 - size: the `,W=` field of the name, else the W field of Dovecot's uidlist, else a count
-  of the file (storage/maildir_measure.py). `,S=` is the stored size, which differs from
-  the wire size by the bare LFs, so it cannot spare the count;
+  of the file (storage/maildir_measure.py; a big file is counted on the event loop
+  instead, storage/maildir_count.py: take_snapshot raises CountFirst, and is called again
+  with the counts). `,S=` is the stored size, which differs from the wire size by the
+  bare LFs, so it cannot spare the count;
 - delivery time: from the name, else the file's mtime;
 - unique-id and order: storage/maildir_uidl.py.
 What was learnt is written back, once, if anything changed.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from popbox.storage.base import MessageTable, StoreError
@@ -109,9 +111,26 @@ class _Newcomer:
 _Known = tuple[int, int, float | None]
 
 
-def take_snapshot(maildir: str, settings: UidlSettings | None = None) -> Snapshot:
+class CountFirst(Exception):
+    """Messages too big to count here: their paths, by name. Count them and call
+    take_snapshot again with the counts."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        super().__init__(f"{len(paths)} messages to count first")
+        self.paths = paths
+
+
+def take_snapshot(
+    maildir: str,
+    settings: UidlSettings | None = None,
+    *,
+    counted: Mapping[str, int] | None = None,
+    count_up_to: int | None = None,
+) -> Snapshot:
     """List the maildrop: the migration source's order first (if any), then oldest delivery
-    first. Raises StoreError."""
+    first. `counted`: wire sizes already counted, by name. A new message of more than
+    `count_up_to` octets with no size known raises CountFirst (None: count them all here).
+    Raises StoreError."""
     settings = settings or UidlSettings()
     try:
         stamps = DirStamps.take(maildir)  # before the scan: a change during it shows later
@@ -143,7 +162,15 @@ def take_snapshot(maildir: str, settings: UidlSettings | None = None) -> Snapsho
     if arrivals:
         changed = True
         try:
-            newcomers = _learn(maildir, settings, found, arrivals, known)
+            newcomers = _learn(
+                maildir,
+                settings,
+                found,
+                arrivals,
+                known,
+                counted=counted or {},
+                count_up_to=count_up_to,
+            )
         except OSError as exc:
             raise StoreError(f"cannot read maildir {maildir!r}: {exc}") from exc
         table = _merge(table, newcomers, UidlAllocator(settings, table.unique_ids))
@@ -212,12 +239,17 @@ def _learn(
     found: dict[str, str],
     arrivals: list[str],
     known: dict[str, _Known],
+    *,
+    counted: Mapping[str, int],
+    count_up_to: int | None,
 ) -> list[_Newcomer]:
     """Size, time, rank and preferred unique-ids of the messages new to the cache. A
-    message that vanished since the scan is left out."""
+    message that vanished since the scan is left out. Raises CountFirst (after looking
+    at all of them) if some are too big to count here."""
     sources = UidlSources(settings, maildir)
     rescanned: dict[str, str] | None = None
     newcomers = []
+    uncounted: dict[str, str] = {}
     for name in arrivals:
         info = sources.lookup(name)
         facts = known.get(name)
@@ -228,6 +260,7 @@ def _learn(
         else:
             octets = virtual_size(name)
             octets = info.octets if octets is None else octets
+            octets = counted.get(name) if octets is None else octets
             delivered, first = delivery_time_ns(name), None
         need_octets, need_mtime = octets is None, delivered is None
         measured = None
@@ -237,6 +270,7 @@ def _learn(
                 octets=need_octets,
                 mtime=need_mtime,
                 x_uidl=settings.xuidl,
+                count_up_to=count_up_to,
             )
         except FileNotFoundError:
             # Moved (new/ -> cur/, a flag change) or deleted since the scan: one rescan
@@ -251,17 +285,23 @@ def _learn(
                         octets=need_octets,
                         mtime=need_mtime,
                         x_uidl=settings.xuidl,
+                        count_up_to=count_up_to,
                     )
                 except FileNotFoundError:
                     measured = None
         if measured is None:
             continue  # vanished, or not a regular file after all
+        if need_octets and measured.octets is None:
+            uncounted[name] = place_path(maildir, name, found[name])
+            continue
         octets = octets if measured.octets is None else measured.octets
         delivered = delivered if measured.mtime_ns is None else measured.mtime_ns
         if octets is None or delivered is None:  # pragma: no cover - measure_file was asked
             raise AssertionError("measure_file did not measure")
         preferred = (measured.x_uidl, info.unique_id)
         newcomers.append(_Newcomer(name, octets, delivered, info.rank, preferred, first))
+    if uncounted:
+        raise CountFirst(uncounted)
     return newcomers
 
 

@@ -1,0 +1,77 @@
+"""Counting a big new message's wire size (RFC 1939 section 11) on the event loop, a block
+per background step.
+
+A Maildir message whose name carries no size is counted once, when a session first lists
+it. Counting is CPU work (bytes.count) that holds the GIL. In a worker thread it took the
+GIL from the event loop after every system call the loop made: ten 20 MB messages counted
+while sessions ran slowed every other session several times over. On the event loop,
+paced (popbox/pacing.py), it costs a loop turn at most one block's count, and no thread
+contends for the GIL. The blocks are read on the loop while they are in the page cache
+(preadv2 RWF_NOWAIT), else in a worker thread, which only waits for the disk.
+
+Messages up to BIG_MESSAGE octets (nearly all mail) are counted in the snapshot's thread,
+in one read: about 0.2 ms of GIL at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from functools import partial
+
+from popbox import pacing
+from popbox.storage.base import READ_BLOCK_SIZE
+from popbox.storage.octets import WireOctetCounter
+from popbox.storage.threads import in_thread_owned
+
+BIG_MESSAGE = 128 * 1024
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+async def count_wire_octets(path: str) -> int:
+    """The wire size of the message at `path`. Raises OSError (FileNotFoundError if it
+    vanished)."""
+    fd = await in_thread_owned(partial(os.open, path, _OPEN_FLAGS), os.close)
+    counter = WireOctetCounter()
+    offset = 0
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            await pacing.step()
+            block = _read_if_cached(fd, offset)
+            if block is None:
+                reading = loop.run_in_executor(None, os.pread, fd, READ_BLOCK_SIZE, offset)
+                try:
+                    block = await asyncio.shield(reading)
+                except asyncio.CancelledError:
+                    # The worker still reads fd: close it once the worker is done.
+                    reading.add_done_callback(partial(_close_after, fd))
+                    fd = -1
+                    raise
+            if not block:
+                return counter.octets
+            counter.feed(block)
+            offset += len(block)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _read_if_cached(fd: int, offset: int) -> bytes | None:
+    """The next block if the page cache has it (or the end of file: b""), else None."""
+    if _RWF_NOWAIT is None:
+        return None
+    buffer = bytearray(READ_BLOCK_SIZE)
+    try:
+        got = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
+    except OSError:  # EAGAIN: on disk; EOPNOTSUPP: a filesystem without it
+        return None
+    return bytes(memoryview(buffer)[:got])
+
+
+def _close_after(fd: int, future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a read error after cancellation is not news
+    os.close(fd)
