@@ -100,3 +100,24 @@ def test_user_without_a_possible_maildrop_gets_sys_perm(popbox: Starter) -> None
     )
     assert RawClient(server).login("bob@example.org", "pw").startswith(b"+OK maildrop has 0")
     assert (server.root / "mail" / "example.org" / "bob" / "Maildir" / "new").is_dir()
+
+
+def descriptor_table_size(pid: int) -> int:
+    """The kernel's FDSize: the slots of the process's descriptor table."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("FDSize:"):
+                return int(line.split()[1])
+    raise AssertionError("no FDSize in /proc/<pid>/status")
+
+
+def test_the_descriptor_table_is_grown_before_the_first_connection(popbox: Starter) -> None:
+    """Growing it later, with threads running, makes accept(2) wait about 10 ms for an
+    RCU grace period, once per doubling (server/descriptors.py)."""
+    server = popbox(USERS, MAIL)
+    with open(f"/proc/{server.process.pid}/limits") as limits:
+        soft = next(line.split()[3] for line in limits if line.startswith("Max open files"))
+    expected = 65536 if soft == "unlimited" else min(int(soft), 65536)
+    assert descriptor_table_size(server.process.pid) >= expected
+    # Only a table grown on purpose is that big: a few hundred slots hold this process.
+    assert len(os.listdir(f"/proc/{server.process.pid}/fd")) < 256 < expected

@@ -34,6 +34,7 @@ from popbox.server.context import (
     ServerContext,
     SessionPolicy,
 )
+from popbox.server.descriptors import reserve_descriptor_table
 from popbox.server.listeners import Listeners
 from popbox.server.proxy_listener import ProxyProtocolServer
 from popbox.server.reload import reload_config
@@ -192,6 +193,7 @@ async def serve(
     """
     ctx = ctx or make_context(config)
     loop = asyncio.get_running_loop()
+    reserve_descriptor_table()  # before a burst of connections needs it (descriptors.py)
     servers: list[EagerAcceptServer | ProxyProtocolServer] = []
     # Connections waiting to start hold a descriptor each (in the kernel's queue they held
     # none): a quarter of the limit at most, so that sessions can still open maildrops.
