@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import queue
+import time
 
 import pytest
 
@@ -58,3 +59,31 @@ def test_stop_gives_up_on_an_output_that_is_stuck(monkeypatch: pytest.MonkeyPatc
     front.handle(record("fills the queue"))  # no writer: the sentinel finds no room
     writer = _Writer(front, io.StringIO())
     writer.stop()  # returns (after STOP_TIMEOUT) instead of waiting forever
+
+
+class CountingStream(io.StringIO):
+    """An output that counts the writes it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_logged_one_at_a_time_are_written_together() -> None:
+    """The writer lets lines gather for LINGER after the first: it takes the GIL (and
+    the event loop waits for it) once per batch, not once per line."""
+    front = front_of(1000)
+    out = CountingStream()
+    writer = _Writer(front, out)
+    writer.start()
+    for n in range(50):  # a line a millisecond, as sessions log in a busy server
+        front.handle(record("line %d", n))
+        time.sleep(0.001)
+    writer.stop()
+    assert out.getvalue() == "".join(f"INFO popbox.test: line {n}\n" for n in range(50))
+    # About 60 ms of lines in batches of LINGER (20 ms): a few writes, not fifty.
+    assert out.writes <= 10

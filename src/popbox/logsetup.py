@@ -23,6 +23,7 @@ import queue
 import secrets
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -75,6 +76,8 @@ class Rfc3339JsonFormatter(JsonFormatter):
 MAX_QUEUED_LINES = 10_000
 # Lines the writer joins into one write(2) at most.
 WRITE_BATCH = 256
+# How long the writer lets lines gather before it writes them (seconds).
+LINGER = 0.02
 # Seconds a stopping process waits for its queued lines to be written.
 STOP_TIMEOUT = 5.0
 
@@ -141,6 +144,11 @@ class _Writer:
         while not stopping:
             batch: list[str] = []
             line = lines.get()
+            if line is not None:
+                # Let lines gather: the thread then wants the GIL once per LINGER, not
+                # once per line (each time it does, the event loop waits for it after
+                # its next system call: a burst of connections was a burst of waits).
+                time.sleep(LINGER)
             while True:
                 if line is None:
                     stopping = True
