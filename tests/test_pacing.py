@@ -1,10 +1,14 @@
-"""The pacer (popbox/pacing.py): background steps a few per loop turn, first come first
-served, and the loop's other work runs in every turn between them."""
+"""The pacer (popbox/pacing.py): while a quiet client is served, background steps a few
+per loop turn, first come first served, and the loop's other work runs in every turn
+between them; with no quiet client about, no pacing at all."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from popbox import pacing
 from popbox.pacing import Pacer
 
 
@@ -30,6 +34,7 @@ class Turns:
 def test_steps_run_a_few_per_turn_in_the_order_asked() -> None:
     async def main() -> list[tuple[str, int, int]]:
         pacer = Pacer(per_turn=2)
+        pacer.foreground()
         turns = Turns()
         turns.start()
         log: list[tuple[str, int, int]] = []
@@ -65,6 +70,7 @@ def test_steps_run_a_few_per_turn_in_the_order_asked() -> None:
 def test_a_cancelled_waiter_gives_its_turn_to_the_next() -> None:
     async def main() -> list[str]:
         pacer = Pacer(per_turn=1)
+        pacer.foreground()
         done: list[str] = []
 
         async def one(name: str) -> None:
@@ -88,6 +94,7 @@ def test_a_cancelled_waiter_gives_its_turn_to_the_next() -> None:
 def test_alone_a_stream_is_not_held_back() -> None:
     async def main() -> int:
         pacer = Pacer()
+        pacer.foreground()
         turns = Turns()
         turns.start()
         for _ in range(50):
@@ -95,5 +102,25 @@ def test_alone_a_stream_is_not_held_back() -> None:
         turns.stop()
         return turns.count
 
-    # One step a turn at most, and the next turn comes at once: 50 steps, ~50 turns.
+    # One step a turn at most, and the next turn comes at once: 50 steps, two turns each.
     assert 50 <= asyncio.run(main()) <= 110
+
+
+def test_without_a_quiet_client_steps_do_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> tuple[int, int]:
+        pacer = Pacer()
+        turns = Turns()
+        turns.start()
+        for _ in range(50):
+            await pacer.step()  # nothing paced: no wait at all
+        unpaced = turns.count
+        pacer.foreground()
+        for _ in range(5):
+            await pacer.step()
+        turns.stop()
+        return unpaced, turns.count - unpaced
+
+    monkeypatch.setattr(pacing, "FOREGROUND_WINDOW", 60.0)
+    unpaced, paced = asyncio.run(main())
+    assert unpaced == 0
+    assert paced >= 5

@@ -240,9 +240,13 @@ def test_too_many_bad_commands_closes() -> None:
     assert out == (
         b"-ERR unknown command\r\n-ERR NOOP not allowed in AUTHORIZATION state\r\n" + CAPA_AUTH
     )
+    # The driver's count of every client error (a client that sent garbage is background
+    # work for the server, popbox/pacing.py) is not reset.
+    assert driver.session.client_errors == 2
     out = driver.feed(b"A\r\nB\r\nC\r\nQUIT\r\n")
     assert out == (
         b"-ERR unknown command\r\n-ERR unknown command\r\n"
         b"-ERR too many bad commands, closing connection\r\n"
     )
     assert driver.closed
+    assert driver.session.client_errors == 5

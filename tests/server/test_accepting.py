@@ -180,14 +180,22 @@ def test_a_quiet_address_starts_ahead_of_a_flood_from_many_addresses() -> None:
     def open_from(peer: str) -> int:
         return 0 if peer == quiet_address else 5
 
-    serve_until(
-        sock,
-        recorder,
-        lambda _: len(recorder.started) == len(clients),
-        max_waiting=100,
-        per_turn=1,
-        open_from=open_from,
-    )
+    counted: list[tuple[int, int, int]] = []
+
+    def all_started(server: EagerAcceptServer) -> bool:
+        if not counted and server.waiting:
+            counted.append(
+                (
+                    server.waiting_from("127.0.1.1"),
+                    server.waiting_from(quiet_address),
+                    server.waiting_from("127.0.9.9"),
+                )
+            )
+        return len(recorder.started) == len(clients)
+
+    serve_until(sock, recorder, all_started, max_waiting=100, per_turn=1, open_from=open_from)
+    # Before any start: each address's waiting connections, the express one included.
+    assert counted == [(4, 2, 0)]
     order = [index for _, index in recorder.started]
     # The quiet address's first connection starts first, ahead of the 32 flood
     # connections that arrived before it. Its second waits in the rotation like any

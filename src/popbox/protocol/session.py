@@ -86,7 +86,8 @@ class Pop3Session(TransactionCommands):
         self._skipping = False  # discarding the rest of an overlong line
         self._request: Request | None = None
         self._closing = False
-        self._bad_commands = 0
+        self._bad_commands = 0  # in a row (max_bad_commands)
+        self.client_errors = 0  # in all: the driver treats such a client as background
         self._user: str | None = None  # a USER that PASS may follow
         self._sasl: SaslExchange | None = None
         self._failure_reason: str | None = None
@@ -298,6 +299,7 @@ class Pop3Session(TransactionCommands):
 
     def _client_error(self, text: str) -> Reply:
         self._bad_commands += 1
+        self.client_errors += 1
         if self._bad_commands >= self.config.max_bad_commands:
             self._closing = True
             return Reply(replies.err("too many bad commands, closing connection"))

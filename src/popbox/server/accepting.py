@@ -117,6 +117,10 @@ class EagerAcceptServer:
     def waiting(self) -> int:
         return self._count
 
+    def waiting_from(self, peer: str) -> int:
+        """Connections from `peer` waiting to start."""
+        return len(self._waiting.get(peer, ())) + (peer in self._express)
+
     def start_serving(self) -> None:
         self._sock.setblocking(False)
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)

@@ -26,7 +26,7 @@ from popbox.delivery.lmtp import LmtpServer, start_lmtp
 from popbox.metrics import served_by_master, start_metrics_server
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS
 from popbox.server import sdnotify
-from popbox.server.accepting import QUIET, EagerAcceptServer
+from popbox.server.accepting import EagerAcceptServer
 from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
     OAUTH_MECHANISMS,
@@ -217,6 +217,7 @@ async def serve(
                 open_from=ctx.per_ip.__getitem__,
             )
             server.start_serving()
+            ctx.accept_queues.append(server)
         servers.append(server)
     lmtp = [await start_delivery(config, ctx, sock) for sock in listeners.lmtp]
     # With worker processes the master serves the metrics of all (popbox/metrics.py).
@@ -355,8 +356,10 @@ async def start_session(
 ) -> None:
     """An accepted connection becomes a POP3 session (after the handshake, on an
     implicit-TLS port: RFC 8314 section 3.3)."""
-    if ctx.per_ip[peer] >= QUIET:
-        await pacing.step()  # a busy address's sessions start as background work
+    if ctx.busy(peer):
+        await pacing.step()  # a flood's sessions start as background work
+    else:
+        pacing.foreground()
     try:
         # From here the transport owns the socket, and closes it on failure.
         await asyncio.get_running_loop().connect_accepted_socket(

@@ -32,7 +32,6 @@ from popbox.protocol.events import (
 )
 from popbox.protocol.limits import MAX_COMMAND_LINE
 from popbox.protocol.session import Pop3Session
-from popbox.server.accepting import QUIET
 from popbox.server.accounting import SessionAccounting
 from popbox.server.context import (
     MAX_PENDING_INPUT,
@@ -281,10 +280,12 @@ class Pop3Connection(asyncio.Protocol):
                 if woken == "shutdown":
                     self._write(session.shutting_down().data)
                     return woken
-                if self._ctx.per_ip[self.peer] >= QUIET:
-                    # An address with several sessions open: its commands are background
-                    # work, and a quiet client's go first (pacing.py).
+                if session.client_errors or self._ctx.busy(self.peer):
+                    # A session that sent garbage, or one of a flood of connections: its
+                    # commands are background work, and a quiet client's go first.
                     await pacing.step()
+                else:
+                    pacing.foreground()
                 continue
             last_command = loop.time()
             if isinstance(event, CloseConnection):

@@ -18,8 +18,14 @@ from popbox.auth.throttle import LoginDelayTracker, LoginThrottle
 from popbox.metrics import ServerMetrics, current
 from popbox.protocol.session import SessionConfig
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS, PLAINTEXT_MECHANISMS
+from popbox.server.accepting import EagerAcceptServer
 from popbox.server.tls import TlsManager
 from popbox.storage.base import MaildropStore
+
+# Connections from one address, open or waiting to start, from which its sessions' work
+# is background work whenever a quieter client is being served (popbox/pacing.py). A
+# household or an office behind one address has fewer at a time; a flood has more.
+BUSY = 8
 
 # Input octets the core may hold while a request (RETR, login) is open before the driver
 # stops reading from the socket: pipelining stays possible, a flood stays bounded.
@@ -81,11 +87,19 @@ class ServerContext:
     metrics: ServerMetrics = field(default_factory=current)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
+    # The listeners' queues of connections waiting to start (server/accepting.py).
+    accept_queues: list[EagerAcceptServer] = field(default_factory=list)
     # Shutdown past shutdown_timeout: sessions waiting for a command (their wake-up events
     # are in `idle`) are told -ERR [SYS/TEMP] and closed, without UPDATE.
     closing: bool = False
     idle: set[asyncio.Event] = field(default_factory=set)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
+
+    def busy(self, peer_ip: str) -> bool:
+        """Whether the address has BUSY connections or more, open or waiting to start:
+        then its sessions' work is background work (popbox/pacing.py)."""
+        waiting = sum(queue.waiting_from(peer_ip) for queue in self.accept_queues)
+        return self.per_ip[peer_ip] + waiting >= BUSY
 
     def close_idle_sessions(self) -> None:
         self.closing = True
