@@ -5,8 +5,10 @@ that send one byte a second, lines of 10 MB without CRLF, logins that RETR a 20 
 and never read, bursts of connects that close, reset or send garbage, and random binary
 after login. Meanwhile an honest client (in this process, blocking sockets, no event loop
 of its own) logs in, LISTs, RETRs all of its mail and QUITs, again and again: its sessions
-must all succeed byte for byte, with a median time within 5x of the idle server's, while
-the server's memory stays bounded and it keeps accepting.
+must all succeed byte for byte, each within 5x of the idle server's median time, while
+the server's memory stays bounded and it keeps accepting. At the long scale a few
+sessions of 60 may take longer (Scale.over_bound): a full garbage collection of the
+server, 30-70 ms with a thousand sessions open, can land in one.
 
 The suite runs a smaller attack (200 slow connections, bursts of 1,000); with
 POPBOX_LONG_TESTS=1 the figures of the issue: 1,000 slow connections, bursts of 5,000.
@@ -51,7 +53,9 @@ class Scale:
     burst_pause: float  # seconds from the end of a burst to the next
     binary: int  # logins sending random binary
     idle_runs: int  # honest sessions against the idle server
-    attack_runs: int  # honest sessions under attack
+    attack_runs: int  # honest sessions under attack, at least
+    attack_seconds: float  # and for at least this long (two bursts, slow bytes sent)
+    over_bound: float  # of those, the share that may take longer than 5x the idle median
 
 
 SCALE = (
@@ -64,6 +68,8 @@ SCALE = (
         binary=5,
         idle_runs=15,
         attack_runs=60,
+        attack_seconds=15,
+        over_bound=0.05,
     )
     if LONG
     else Scale(
@@ -75,6 +81,8 @@ SCALE = (
         binary=3,
         idle_runs=7,
         attack_runs=20,
+        attack_seconds=4,
+        over_bound=0.0,
     )
 )
 
@@ -220,7 +228,10 @@ def test_honest_client_is_served_during_every_attack_at_once(
 
     sampler = RssSampler(server.process.pid)
     attack = start_attack(server, load_generators)
-    under_attack = [honest_session(server) for _ in range(SCALE.attack_runs)]
+    under_attack: list[float] = []
+    until = time.monotonic() + SCALE.attack_seconds
+    while len(under_attack) < SCALE.attack_runs or time.monotonic() < until:
+        under_attack.append(honest_session(server))
     assert server.process.poll() is None
     counts = stop_attack(attack)
     samples = sampler.finish()
@@ -228,13 +239,18 @@ def test_honest_client_is_served_during_every_attack_at_once(
 
     idle_median = statistics.median(idle)
     attack_median = statistics.median(under_attack)
-    report = (
-        f"honest session idle: median {idle_median * 1000:.1f} ms; under attack: median "
-        f"{attack_median * 1000:.1f} ms, slowest {slowest(under_attack)} ms; server RSS "
+    report = (  # the figures the issue asks to report
+        f"honest session idle: median {idle_median * 1000:.1f} ms; under attack "
+        f"({len(under_attack)} sessions): median {attack_median * 1000:.1f} ms, slowest "
+        f"{slowest(under_attack)} ms; server RSS "
         f"idle {idle_rss // 1024} MiB, peak {peak // 1024} MiB; attack: {counts}"
     )
+    bound = 5 * max(idle_median, IDLE_FLOOR)
+    over = sum(1 for took in under_attack if took >= bound)
+    report += f"; {over} sessions took {bound * 1000:.0f} ms or more"
     print(report)
-    assert attack_median < 5 * max(idle_median, IDLE_FLOOR), report
+    assert attack_median < bound, report
+    assert over <= SCALE.over_bound * len(under_attack), report
     assert peak < MAX_RSS_KIB, report
     # Every attack really ran (a generator that failed to connect proves nothing).
     assert counts["slow_bytes"] >= SCALE.slow, report
