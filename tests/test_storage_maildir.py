@@ -15,6 +15,7 @@ from typing import TypeVar
 import pytest
 
 from popbox.storage import maildir as maildir_module
+from popbox.storage import threads as threads_module
 from popbox.storage.base import READ_BLOCK_SIZE, MessageGone, StoreError
 from popbox.storage.locking import LOCK_FILE_NAME
 from popbox.storage.maildir import (
@@ -508,13 +509,13 @@ def test_cancelled_read_closes_its_file_after_the_worker(
 ) -> None:
     deliver(maildir_of(tmp_path), "1700000000.M1P1.host", b"x" * (20 * READ_BLOCK_SIZE))
     closed = asyncio.Event()
-    original = maildir_module._close_after
+    original = threads_module._close_when_done
 
     def close_after(fd: int, future: asyncio.Future[list[bytes]]) -> None:
         original(fd, future)
         closed.set()
 
-    monkeypatch.setattr(maildir_module, "_close_after", close_after)
+    monkeypatch.setattr(threads_module, "_close_when_done", close_after)
 
     async def body(drop: MaildirMaildrop) -> None:
         baseline = _open_fds()

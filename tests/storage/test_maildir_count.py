@@ -64,7 +64,11 @@ class Turns:
         self._handle.cancel()
 
 
-def test_the_count_is_the_wire_size_a_block_per_turn(tmp_path: Path) -> None:
+def test_the_count_is_the_wire_size_a_block_per_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pacing, "FOREGROUND_WINDOW", 60.0)
+    pacing.foreground()  # a quiet client is being served: background steps are paced
     path = tmp_path / "big"
     data = big_text()
     path.write_bytes(data)
@@ -148,7 +152,11 @@ def test_the_snapshot_asks_for_big_counts_then_takes_them(tmp_path: Path) -> Non
     assert (root / CACHE_FILE_NAME).exists()
 
 
-def test_open_counts_a_big_new_message_through_the_pacer(tmp_path: Path) -> None:
+def test_open_counts_a_big_new_message_through_the_pacer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pacing, "FOREGROUND_WINDOW", 60.0)
+    pacing.foreground()  # a quiet client is being served: background steps are paced
     root = maildir(tmp_path)
     data = big_text()
     (root / "new" / NAME).write_bytes(data)

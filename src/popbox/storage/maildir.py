@@ -41,7 +41,7 @@ from popbox.storage.maildir_listing import (
 )
 from popbox.storage.maildir_snapshot import CountFirst, MaildropCache, Snapshot, take_snapshot
 from popbox.storage.maildir_uidl import UidlFormat, UidlSettings
-from popbox.storage.threads import in_thread_owned
+from popbox.storage.threads import in_thread_owned, in_thread_reading
 
 __all__ = [
     "InvalidMaildropUser",
@@ -223,19 +223,14 @@ class MaildirMaildrop:
             partial(_open_and_read, self.path, key, path), _close_opened
         )
         self._paths[key] = found
-        loop = asyncio.get_running_loop()
         try:
             for block in blocks:
                 yield block
             while fd >= 0:
-                reading = loop.run_in_executor(None, _read_blocks, fd, found)
                 try:
-                    blocks = await asyncio.shield(reading)
+                    blocks = await in_thread_reading(fd, partial(_read_blocks, fd, found))
                 except asyncio.CancelledError:
-                    # The worker still uses fd: close it only when it is done, so the
-                    # number cannot be reused under the worker's feet.
-                    reading.add_done_callback(partial(_close_after, fd))
-                    fd = -1
+                    fd = -1  # closed when the worker is done
                     raise
                 for block in blocks:
                     yield block
@@ -349,12 +344,6 @@ def _open_and_read(maildir: str, key: str, path: str) -> tuple[int, str, list[by
         os.close(fd)
         fd = -1
     return fd, found, blocks
-
-
-def _close_after(fd: int, future: asyncio.Future[list[bytes]]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: a read error after cancellation is not news
-    os.close(fd)
 
 
 def _open_message(maildir: str, key: str, path: str) -> tuple[int, str]:

@@ -22,7 +22,7 @@ from functools import partial
 from popbox import pacing
 from popbox.storage.base import READ_BLOCK_SIZE
 from popbox.storage.octets import WireOctetCounter
-from popbox.storage.threads import in_thread_owned
+from popbox.storage.threads import in_thread_owned, in_thread_reading
 
 BIG_MESSAGE = 128 * 1024
 
@@ -36,19 +36,16 @@ async def count_wire_octets(path: str) -> int:
     fd = await in_thread_owned(partial(os.open, path, _OPEN_FLAGS), os.close)
     counter = WireOctetCounter()
     offset = 0
-    loop = asyncio.get_running_loop()
     try:
         while True:
             await pacing.step()
             block = _read_if_cached(fd, offset)
             if block is None:
-                reading = loop.run_in_executor(None, os.pread, fd, READ_BLOCK_SIZE, offset)
+                read = partial(os.pread, fd, READ_BLOCK_SIZE, offset)
                 try:
-                    block = await asyncio.shield(reading)
+                    block = await in_thread_reading(fd, read)
                 except asyncio.CancelledError:
-                    # The worker still reads fd: close it once the worker is done.
-                    reading.add_done_callback(partial(_close_after, fd))
-                    fd = -1
+                    fd = -1  # closed when the worker is done
                     raise
             if not block:
                 return counter.octets
@@ -69,9 +66,3 @@ def _read_if_cached(fd: int, offset: int) -> bytes | None:
     except OSError:  # EAGAIN: on disk; EOPNOTSUPP: a filesystem without it
         return None
     return bytes(memoryview(buffer)[:got])
-
-
-def _close_after(fd: int, future: asyncio.Future[bytes]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: a read error after cancellation is not news
-    os.close(fd)
