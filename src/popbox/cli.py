@@ -19,7 +19,7 @@ from popbox.demo_data import (
     demo_config,
     ensure_demo_data,
 )
-from popbox.logsetup import setup_logging
+from popbox.logsetup import setup_logging, stop_background_logging
 
 # Exit statuses: 0 ok, 1 operation failed, 2 usage or configuration error (sysexits-like).
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return cli_db.db_command(args) if command == "db" else cli_db.import_command(args)
     except ConfigError as error:
+        stop_background_logging()  # what was logged before comes first
         print(f"popbox: {error}", file=sys.stderr)
         return EXIT_CONFIG
     raise AssertionError(command)

@@ -6,9 +6,10 @@ and never read, bursts of connects that close, reset or send garbage, and random
 after login. Meanwhile an honest client (in this process, blocking sockets, no event loop
 of its own) logs in, LISTs, RETRs all of its mail and QUITs, again and again: its sessions
 must all succeed byte for byte, each within 5x of the idle server's median time, while
-the server's memory stays bounded and it keeps accepting. At the long scale a few
-sessions of 60 may take longer (Scale.over_bound): a full garbage collection of the
-server, 30-70 ms with a thousand sessions open, can land in one.
+the server's memory stays bounded and it keeps accepting. A few may take longer
+(Scale.over_bound: 2 %, 5 % at the long scale): a full garbage collection of the server,
+30-70 ms with a thousand sessions open, can land in one, and on a loaded CI machine
+the test's own processes compete for the two cores.
 
 The suite runs a smaller attack (200 slow connections, bursts of 1,000); with
 POPBOX_LONG_TESTS=1 the figures of the issue: 1,000 slow connections, bursts of 5,000.
@@ -82,7 +83,7 @@ SCALE = (
         idle_runs=7,
         attack_runs=20,
         attack_seconds=4,
-        over_bound=0.0,
+        over_bound=0.02,
     )
 )
 
