@@ -31,7 +31,7 @@ from popbox.storage.base import (
 from popbox.storage.durable import fsync_directory_or_log
 from popbox.storage.location import check_template, expand_location, user_location
 from popbox.storage.locking import MaildropLock
-from popbox.storage.maildir_count import BIG_MESSAGE, count_wire_octets
+from popbox.storage.maildir_count import BIG_MESSAGE, count_into
 from popbox.storage.maildir_deliver import deliver_to_maildir, local_hostname
 from popbox.storage.maildir_listing import (
     ALL_SUBDIRS,
@@ -65,7 +65,7 @@ _BLOCKS_PER_HOP = 4
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 # Rounds of counting big new messages on the event loop before opening; a message that
-# moved again meanwhile is then counted in the snapshot's thread.
+# moved again each time is then counted in the snapshot's thread.
 _COUNT_ROUNDS = 2
 
 # Linux 4.14+: a read that fails with EAGAIN rather than wait for the disk.
@@ -93,16 +93,6 @@ def _lock_and_snapshot(
     except BaseException:
         lock.release()
         raise
-
-
-async def _count(paths: dict[str, str], counted: dict[str, int]) -> None:
-    for name, path in paths.items():
-        try:
-            counted[name] = await count_wire_octets(path)
-        except FileNotFoundError:
-            pass  # moved (a flag change: the next listing finds it) or deleted
-        except OSError as exc:
-            raise StoreError(f"cannot read message {path!r}: {exc.strerror}") from exc
 
 
 def _release_opened(opened: tuple[MaildropLock, Snapshot]) -> None:
@@ -149,24 +139,24 @@ class MaildirStore:
         """
         maildir = self.location(user)
         counted: dict[str, int] = {}
-        count_up_to: int | None = BIG_MESSAGE
-        for round_ in range(_COUNT_ROUNDS + 1):
-            if round_ == _COUNT_ROUNDS:
-                count_up_to = None  # files that keep moving: counted in the thread
+        for _ in range(_COUNT_ROUNDS):
             try:
-                # One worker-thread hop for both; a lock whose open was cancelled is
-                # released.
-                lock, snapshot = await in_thread_owned(
-                    partial(_lock_and_snapshot, maildir, self.uidl_settings, counted, count_up_to),
-                    _release_opened,
-                )
+                return await self._lock_and_list(maildir, counted, BIG_MESSAGE)
             except CountFirst as first:
                 # Big new messages: counted on the event loop (maildir_count.py) without
                 # the lock, then the maildrop is locked and listed again.
-                await _count(first.paths, counted)
-                continue
-            return MaildirMaildrop(maildir, lock, snapshot)
-        raise AssertionError("unreachable: the last round counts in the thread")
+                await count_into(counted, first.paths)
+        return await self._lock_and_list(maildir, counted, None)  # files that keep moving
+
+    async def _lock_and_list(
+        self, maildir: str, counted: dict[str, int], count_up_to: int | None
+    ) -> MaildirMaildrop:
+        # One worker-thread hop for both; a lock whose open was cancelled is released.
+        lock, snapshot = await in_thread_owned(
+            partial(_lock_and_snapshot, maildir, self.uidl_settings, counted, count_up_to),
+            _release_opened,
+        )
+        return MaildirMaildrop(maildir, lock, snapshot)
 
     async def deliver(self, user: str, message: bytes) -> None:
         """Add one message to the user's maildrop: tmp/ -> new/, fsync'd (Maildir spec).

@@ -20,7 +20,7 @@ import os
 from functools import partial
 
 from popbox import pacing
-from popbox.storage.base import READ_BLOCK_SIZE
+from popbox.storage.base import READ_BLOCK_SIZE, StoreError
 from popbox.storage.octets import WireOctetCounter
 from popbox.storage.threads import in_thread_owned, in_thread_reading
 
@@ -66,3 +66,16 @@ def _read_if_cached(fd: int, offset: int) -> bytes | None:
     except OSError:  # EAGAIN: on disk; EOPNOTSUPP: a filesystem without it
         return None
     return bytes(memoryview(buffer)[:got])
+
+
+async def count_into(counted: dict[str, int], paths: dict[str, str]) -> None:
+    """Count each message of `paths` (by name) into `counted`; one that vanished is left
+    out (moved by a flag change, the next listing finds it; or deleted). Raises
+    StoreError."""
+    for name, path in paths.items():
+        try:
+            counted[name] = await count_wire_octets(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot read message {path!r}: {exc.strerror}") from exc
