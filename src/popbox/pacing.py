@@ -49,6 +49,10 @@ class Pacer:
         """Interactive work just ran: pace the background for FOREGROUND_WINDOW."""
         self._foreground_at = time.monotonic()
 
+    def interactive(self) -> bool:
+        """Whether interactive work was seen within FOREGROUND_WINDOW."""
+        return time.monotonic() - self._foreground_at < FOREGROUND_WINDOW
+
     @property
     def waiting(self) -> int:
         return len(self._waiting)
@@ -60,7 +64,7 @@ class Pacer:
         if loop is not self._loop:  # a new event loop: what the old one left is void
             self._loop, self._scheduled = loop, False
             self._waiting.clear()
-        if not self._waiting and not self._paced():
+        if not self._waiting and not self.interactive():
             return
         turn: asyncio.Future[None] = loop.create_future()
         self._waiting.append(turn)
@@ -69,13 +73,10 @@ class Pacer:
             loop.call_soon(self._release)
         await turn
 
-    def _paced(self) -> bool:
-        return time.monotonic() - self._foreground_at < FOREGROUND_WINDOW
-
     def _release(self) -> None:
         self._scheduled = False
         released = 0
-        per_turn = self._per_turn if self._paced() else self._unpaced_per_turn
+        per_turn = self._per_turn if self.interactive() else self._unpaced_per_turn
         while self._waiting and released < per_turn:
             turn = self._waiting.popleft()
             if not turn.done():  # not a cancelled task's
@@ -97,6 +98,11 @@ async def step() -> None:
 def foreground() -> None:
     """A quiet client's command is being served: pace the background (see above)."""
     _PACER.foreground()
+
+
+def interactive() -> bool:
+    """Whether a quiet client's command was served within FOREGROUND_WINDOW seconds."""
+    return _PACER.interactive()
 
 
 def waiting() -> int:

@@ -7,9 +7,10 @@ after login. Meanwhile an honest client (in this process, blocking sockets, no e
 of its own) logs in, LISTs, RETRs all of its mail and QUITs, again and again: its sessions
 must all succeed byte for byte, each within 5x of the idle server's median time, while
 the server's memory stays bounded and it keeps accepting. A few may take longer
-(Scale.over_bound: 2 %, 5 % at the long scale): a full garbage collection of the server,
-30-70 ms with a thousand sessions open, can land in one, and on a loaded CI machine
-the test's own processes compete for the two cores.
+(Scale.over_bound: 2 %, 5 % at the long scale): on a loaded CI machine the test's own
+processes compete with the server for the two cores. The server's full garbage
+collections (30-70 ms with a thousand sessions open) wait while a quiet client is served
+(server/collector.py): none may run during the attack.
 
 The suite runs a smaller attack (200 slow connections, bursts of 1,000); with
 POPBOX_LONG_TESTS=1 the figures of the issue: 1,000 slow connections, bursts of 5,000.
@@ -227,6 +228,7 @@ def test_honest_client_is_served_during_every_attack_at_once(
     idle = [honest_session(server) for _ in range(SCALE.idle_runs)]
     idle_rss = rss_kib(server.process.pid)
 
+    full_before = value(scrape(server), "python_gc_collections_total", generation="2")
     sampler = RssSampler(server.process.pid)
     attack = start_attack(server, load_generators)
     under_attack: list[float] = []
@@ -234,6 +236,8 @@ def test_honest_client_is_served_during_every_attack_at_once(
     while len(under_attack) < SCALE.attack_runs or time.monotonic() < until:
         under_attack.append(honest_session(server))
     assert server.process.poll() is None
+    full_collections = value(scrape(server), "python_gc_collections_total", generation="2")
+    full_collections -= full_before
     counts = stop_attack(attack)
     samples = sampler.finish()
     peak = max(samples)
@@ -249,10 +253,12 @@ def test_honest_client_is_served_during_every_attack_at_once(
     bound = 5 * max(idle_median, IDLE_FLOOR)
     over = sum(1 for took in under_attack if took >= bound)
     report += f"; {over} sessions took {bound * 1000:.0f} ms or more"
+    report += f"; full garbage collections during the attack: {full_collections:.0f}"
     print(report)
     assert attack_median < bound, report
     assert over <= SCALE.over_bound * len(under_attack), report
     assert peak < MAX_RSS_KIB, report
+    assert full_collections == 0, report
     # Every attack really ran (a generator that failed to connect proves nothing).
     assert counts["slow_bytes"] >= SCALE.slow, report
     assert counts["long_lines_sent"] >= SCALE.long_lines, report

@@ -25,7 +25,7 @@ from popbox.db.startup import close_backends
 from popbox.delivery.lmtp import LmtpServer, start_lmtp
 from popbox.metrics import served_by_master, start_metrics_server
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS
-from popbox.server import sdnotify
+from popbox.server import collector, sdnotify
 from popbox.server.accepting import EagerAcceptServer
 from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
@@ -35,7 +35,7 @@ from popbox.server.context import (
     SessionPolicy,
 )
 from popbox.server.descriptors import reserve_descriptor_table
-from popbox.server.listeners import Listeners
+from popbox.server.listeners import Listeners, PopSocket
 from popbox.server.proxy_listener import ProxyProtocolServer
 from popbox.server.reload import reload_config
 from popbox.server.tls import TlsManager
@@ -194,37 +194,15 @@ async def serve(
     ctx = ctx or make_context(config)
     loop = asyncio.get_running_loop()
     reserve_descriptor_table()  # before a burst of connections needs it (descriptors.py)
-    servers: list[EagerAcceptServer | ProxyProtocolServer] = []
-    # Connections waiting to start hold a descriptor each (in the kernel's queue they held
-    # none): a quarter of the limit at most, so that sessions can still open maildrops.
-    waiting_room = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
-    for entry in listeners.pop3:
-        listener = entry.listener
-        implicit = listener.tls == "implicit" and ctx.tls is not None
-        # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first (after
-        # the PROXY header, on a proxy_protocol listener).
-        tls = ctx.tls.listener_context if implicit and ctx.tls else None
-        server: EagerAcceptServer | ProxyProtocolServer
-        if listener.proxy_protocol:
-            server = ProxyProtocolServer(ctx, listener, tls, entry.sock)
-            await server.start()
-        else:
-            server = EagerAcceptServer(
-                entry.sock,
-                functools.partial(start_session, ctx, listener.tls, tls),
-                max_waiting=lambda: min(ctx.policy.max_connections, waiting_room),
-                on_dropped=ctx.metrics.closed_unstarted,
-                open_from=ctx.per_ip.__getitem__,
-            )
-            server.start_serving()
-            ctx.accept_queues.append(server)
-        servers.append(server)
+    servers = [await start_listener(ctx, entry) for entry in listeners.pop3]
     lmtp = [await start_delivery(config, ctx, sock) for sock in listeners.lmtp]
     # With worker processes the master serves the metrics of all (popbox/metrics.py).
     exporter = None if served_by_master() else start_metrics_server(config)
     if exporter is not None:
         log.info("metrics listening on %s:%d", *exporter.address)
     running = _Running(config, ctx, lmtp)
+    # Full garbage collections, if this process took their schedule over (collector.py).
+    collections = asyncio.create_task(collector.run()) if collector.taken_over() else None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, running.stop.set)
     if control is None:
@@ -247,11 +225,41 @@ async def serve(
     else:
         loop.remove_reader(control.fileno())
     await drain(ctx, servers, lmtp, running.config.shutdown_timeout)
+    if collections is not None:
+        collections.cancel()
     if exporter is not None:
         exporter.close()
     if control is None:
         listeners.remove_unix_socket()
         log.info("stopped")
+
+
+async def start_listener(
+    ctx: ServerContext, entry: PopSocket
+) -> EagerAcceptServer | ProxyProtocolServer:
+    """Accept POP3 sessions on one bound listener."""
+    listener = entry.listener
+    implicit = listener.tls == "implicit" and ctx.tls is not None
+    # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first (after the
+    # PROXY header, on a proxy_protocol listener).
+    tls = ctx.tls.listener_context if implicit and ctx.tls else None
+    if listener.proxy_protocol:
+        proxied = ProxyProtocolServer(ctx, listener, tls, entry.sock)
+        await proxied.start()
+        return proxied
+    # Connections waiting to start hold a descriptor each (in the kernel's queue they held
+    # none): a quarter of the limit at most, so that sessions can still open maildrops.
+    waiting_room = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+    server = EagerAcceptServer(
+        entry.sock,
+        functools.partial(start_session, ctx, listener.tls, tls),
+        max_waiting=lambda: min(ctx.policy.max_connections, waiting_room),
+        on_dropped=ctx.metrics.closed_unstarted,
+        open_from=ctx.per_ip.__getitem__,
+    )
+    server.start_serving()
+    ctx.accept_queues.append(server)
+    return server
 
 
 # Worker <-> master messages (server/workers.py), one datagram each on a SOCK_SEQPACKET pair.

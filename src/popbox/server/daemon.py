@@ -10,7 +10,6 @@ does any process serve. `workers = 1` serves in this very process, without a mas
 from __future__ import annotations
 
 import asyncio
-import gc
 import ssl
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ from popbox.config import Config, ConfigError
 from popbox.db.startup import check_schemas, preload_databases
 from popbox.metrics import cleanup_multiprocess, prepare_multiprocess
 from popbox.metrics import preload as preload_metrics
+from popbox.server import collector
 from popbox.server.app import event_loop_factory, make_context, run, serve, startup_warnings
 from popbox.server.context import ServerContext
 from popbox.server.listeners import bind_listeners
@@ -48,17 +48,14 @@ def start(config: Config, on_ready: Callable[[Endpoints], None] | None = None) -
         drop_privileges(config, owned)
         ctx = _checked_context(config)
         endpoints = listeners.endpoints()
-        # What is loaded by now lives as long as the server: out of the garbage collector's
-        # sight (gc.freeze), so a full collection walks session objects only, not every
-        # module, and workers do not copy the master's pages by walking them.
-        gc.collect()
-        gc.freeze()
+        collector.freeze_loaded()
 
         def ready() -> None:
             if on_ready is not None:
                 on_ready(endpoints)
 
         if config.workers == 1:
+            collector.take_over()
             run(serve(config, listeners, ctx=ctx, on_ready=ready))
             return 0
         return Supervisor(config, listeners, on_ready=ready).run()

@@ -37,7 +37,7 @@ from types import FrameType
 from popbox.config import Config
 from popbox.logsetup import stop_background_logging
 from popbox.metrics import served_by_master, start_multiprocess_server, worker_exited
-from popbox.server import sdnotify
+from popbox.server import collector, sdnotify
 from popbox.server.app import (
     CLOSE_GRACE,
     HANDLED_SIGNALS,
@@ -210,6 +210,7 @@ class Supervisor:
                 sock.close()
             for other in self.workers.values():
                 other.control.close()
+            collector.take_over()  # the master keeps CPython's schedule: it serves no one
             run(serve(self.config, self.listeners, control=child_end))
             code = EXIT_OK
         except BaseException:
