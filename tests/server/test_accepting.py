@@ -7,6 +7,7 @@ close()."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import struct
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from popbox.server.accepting import QUIET, EagerAcceptServer
+from popbox import pacing
+from popbox.server.accepting import BUSY_PER_TURN, PER_TURN, QUIET, EagerAcceptServer
 
 
 def busy(peer: str) -> int:
@@ -204,6 +206,46 @@ def test_a_quiet_address_starts_ahead_of_a_flood_from_many_addresses() -> None:
     assert order.index(33) > 8
     turns = [turn for turn, _ in recorder.started]
     assert len(set(turns)) == len(clients)  # one start per turn
+    for client in clients:
+        assert client.recv(10) == b"+OK\r\n"
+        client.close()
+
+
+@pytest.mark.parametrize("quiet_client_served", [False, True])
+def test_one_flood_start_a_turn_while_a_quiet_client_is_served(
+    quiet_client_served: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pacing, "_PACER", pacing.Pacer())  # no client served yet
+    if quiet_client_served:
+        pacing.foreground()
+    sock = listening()
+    flood = connect(sock, PER_TURN, "127.0.0.2")  # clients 0-15: a busy address
+    others = connect(sock, PER_TURN, "127.0.0.3")  # clients 16-31: not busy
+    clients = flood + others
+    recorder = Recorder(clients)
+
+    serve_until(  # the limits `popbox serve` has
+        sock,
+        recorder,
+        lambda _: len(recorder.started) == len(clients),
+        max_waiting=100,
+        open_from=busy,
+        busy=lambda peer: peer == "127.0.0.2",
+    )
+    turns: dict[int, list[int]] = collections.defaultdict(list)
+    for turn, index in recorder.started:
+        turns[turn].append(index)
+    batches = list(turns.values())
+    if quiet_client_served:
+        # Addresses in turn; a turn ends before a second flood start.
+        assert batches[:3] == [[0, 16], [1, 17], [2, 18]]
+        assert all(sum(index < PER_TURN for index in batch) <= BUSY_PER_TURN for batch in batches)
+        assert len(batches) == PER_TURN
+    else:
+        assert batches == [
+            [n + offset for n in range(PER_TURN // 2) for offset in (0, PER_TURN)],
+            [n + offset for n in range(PER_TURN // 2, PER_TURN) for offset in (0, PER_TURN)],
+        ]
     for client in clients:
         assert client.recv(10) == b"+OK\r\n"
         client.close()

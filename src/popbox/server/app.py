@@ -256,6 +256,7 @@ async def start_listener(
         max_waiting=lambda: min(ctx.policy.max_connections, waiting_room),
         on_dropped=ctx.metrics.closed_unstarted,
         open_from=ctx.per_ip.__getitem__,
+        busy=ctx.busy,
     )
     server.start_serving()
     ctx.accept_queues.append(server)
