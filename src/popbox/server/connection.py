@@ -3,7 +3,7 @@
 The transport's bytes go straight into the core's one input buffer; a driver task asks the
 core for events and performs the I/O they request. Writes respect the transport's flow
 control (pause_writing/resume_writing), so a client that does not read its RETR output
-holds at most one block in our memory.
+holds at most one block in our memory (the streaming itself: server/retrieval.py).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from popbox.server.context import (
     ServerContext,
 )
 from popbox.server.login import LoginHandler, printable
-from popbox.server.retrieval import MessageChanged, check_octets
+from popbox.server.retrieval import send_message
 from popbox.server.tls import channel_binding, tls_details
 from popbox.server.update import commit_update
-from popbox.storage.base import Maildrop, MessageGone, StoreError
+from popbox.storage.base import Maildrop
 
 log = logging.getLogger("popbox.session")
 
@@ -355,56 +355,20 @@ class Pop3Connection(asyncio.Protocol):
         return "shutdown" if self._ctx.closing else None
 
     async def _retrieve(self, session: Pop3Session, event: Retrieve) -> None:
-        """Stream one message (shared/DESIGN.md: a store failure before +OK is -ERR; after
-        +OK the connection is closed, since the reply can no longer be ended honestly)."""
         assert self._maildrop is not None
-        stream = self._maildrop.read(event.message.key)
-        encoder = event.encoder
         start = self.acct.retrieval_started()
-        status_sent = False
-        try:
-            try:
-                first = await anext(stream, b"")
-            except MessageGone:
-                self._write(session.retrieve_failed(message_gone=True).data)
-                return
-            except (StoreError, OSError) as error:
-                self._ctx.metrics.store_error("read")
-                log.error("read failed user=%s error=%s", session.user, error)
-                self._write(session.retrieve_failed(message_gone=False).data)
-                return
-            pending = event.status_line + encoder.feed(first)
-            async for block in stream:
-                if encoder.done:
-                    break
-                check_octets(event, encoder)
-                self._write(pending)
-                status_sent = True
-                await self._drain()
-                await pacing.step()  # a big message: background work (pacing.py)
-                pending = encoder.feed(block)
-            # The end of the reply leaves with its last block: one write, no small tail.
-            pending += encoder.finish()
-            check_octets(event, encoder)
-        except (StoreError, OSError) as error:
-            self._ctx.metrics.store_error("read")
-            if isinstance(error, MessageChanged):
-                await self._maildrop.message_changed(event.message.key)
-            if not status_sent:  # nothing sent yet: the reply can still be -ERR
-                log.error("read failed user=%s error=%s", session.user, error)
-                self._write(session.retrieve_failed(message_gone=False).data)
-                return
-            log.error("read failed after +OK user=%s error=%s", session.user, error)
-            raise ConnectionError("store failed during RETR") from error
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        self._write(pending)
-        session.retrieve_done()
-        self.acct.retrieval_done(start, top=encoder.is_top)
-        if not encoder.is_top:
-            self._retrieved.add(event.message.key)
+        sent = await send_message(
+            self._maildrop,
+            session,
+            event,
+            write=self._write,
+            drain=self._drain,
+            metrics=self._ctx.metrics,
+        )
+        if sent:
+            self.acct.retrieval_done(start, top=event.encoder.is_top)
+            if not event.encoder.is_top:
+                self._retrieved.add(event.message.key)
 
     async def _update(self, session: Pop3Session, event: CommitUpdate) -> Event:
         """RFC 1939 section 6, UPDATE (server/update.py), then release the maildrop."""
