@@ -280,6 +280,43 @@ def reset(client: socket.socket) -> None:
     client.close()
 
 
+def test_a_connection_in_its_start_counts_as_waiting() -> None:
+    """A TLS handshake is part of the start: the address's connection still counts
+    (ServerContext.busy) until the session is open."""
+    sock = listening()
+    clients = connect(sock, 2, "127.0.0.2")
+    counts: list[int] = []
+
+    async def main() -> None:
+        handshake = asyncio.Event()
+        starting: list[socket.socket] = []
+
+        async def start(conn: socket.socket, peer: str) -> None:
+            starting.append(conn)
+            await handshake.wait()
+            conn.close()
+
+        server = EagerAcceptServer(sock, start, max_waiting=lambda: 100)
+        server.start_serving()
+        for _ in range(1000):
+            if len(starting) == len(clients):
+                break
+            await asyncio.sleep(0)
+        counts.extend((server.waiting, server.waiting_from("127.0.0.2")))
+        handshake.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        counts.append(server.waiting_from("127.0.0.2"))
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert counts == [0, 2, 0]
+    for client in clients:
+        assert client.recv(10) == b""
+        client.close()
+
+
 def test_reset_connections_are_closed_without_a_session() -> None:
     sock = listening()
     clients = connect(sock, 6)
