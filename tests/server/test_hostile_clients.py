@@ -253,6 +253,9 @@ def test_honest_client_is_served_during_every_attack_at_once(
     bound = 5 * max(idle_median, IDLE_FLOOR)
     over = sum(1 for took in under_attack if took >= bound)
     report += f"; {over} sessions took {bound * 1000:.0f} ms or more"
+    strict = 5 * idle_median  # without IDLE_FLOOR: reported, not asserted
+    over_strict = sum(1 for took in under_attack if took >= strict)
+    report += f", {over_strict} took 5x the idle median ({strict * 1000:.0f} ms) or more"
     report += f"; full garbage collections during the attack: {full_collections:.0f}"
     print(report)
     assert attack_median < bound, report
