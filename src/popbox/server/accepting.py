@@ -12,10 +12,10 @@ Here accepting is only accept(2): pending connections move to our own queue at o
 the kernel's never fills. Sessions start from that queue at most `per_turn` a loop turn,
 so a turn stays short and the loop keeps serving the sessions it has; while a quiet
 client is being served (pacing.py), at most `busy_per_turn` of them (one) are from busy
-addresses, a flood's. The queue is one
-line per client address, served in rotation (one connection from each address in turn,
-oldest first within an address): a flood from a few addresses, however many connections,
-delays a client from another address by a few turns, not by the whole flood.
+addresses, a flood's. The queue is one line per client address, served in rotation (one
+connection from each address in turn, oldest first within an address): a flood from a
+few addresses, however many connections, delays a client from another address by a few
+turns, not by the whole flood.
 
 A quiet address (none of its connections waiting, fewer than QUIET sessions open) does
 not even wait for its turn: its connection goes to an express line, and express and
