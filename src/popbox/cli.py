@@ -106,7 +106,7 @@ def _deliver(args: argparse.Namespace) -> int:
     """`popbox deliver --config FILE USER... < message`, for Postfix's mailbox_command or
     procmail; exit statuses per sysexits(3)."""
     from popbox.delivery.deliver_cmd import EX_CONFIG, deliver_main  # noqa: PLC0415
-    from popbox.server.app import make_authenticator, make_store  # noqa: PLC0415
+    from popbox.server.assembly import make_authenticator, make_store  # noqa: PLC0415
 
     try:
         config = load_config(args.config)

@@ -110,7 +110,7 @@ def import_command(args: argparse.Namespace) -> int:
 
 async def _import(args: argparse.Namespace, config: Config) -> int:
     from popbox.db.database import DatabaseUnavailable  # noqa: PLC0415
-    from popbox.server.app import make_authenticator  # noqa: PLC0415
+    from popbox.server.assembly import make_authenticator  # noqa: PLC0415
     from popbox.storage.base import StoreError  # noqa: PLC0415
     from popbox.storage.postgresql import PostgresStore  # noqa: PLC0415
     from popbox.storage.postgresql_import import (  # noqa: PLC0415

@@ -21,7 +21,7 @@ import pytest
 from crash_harness import PASSWORD, USERS, Ledger, check_store, kill_rounds, make_message
 from popbox.config import load_config
 from popbox.db.startup import close_backends
-from popbox.server.app import make_store
+from popbox.server.assembly import make_store
 from popbox.storage.base import Maildrop, MaildropLocked, MaildropStore
 from server_helpers import write_config
 

@@ -18,7 +18,8 @@ from popbox.db.startup import check_schemas, preload_databases
 from popbox.metrics import cleanup_multiprocess, prepare_multiprocess
 from popbox.metrics import preload as preload_metrics
 from popbox.server import collector
-from popbox.server.app import event_loop_factory, make_context, run, serve, startup_warnings
+from popbox.server.app import event_loop_factory, run, serve
+from popbox.server.assembly import make_context, startup_warnings
 from popbox.server.context import ServerContext
 from popbox.server.listeners import bind_listeners
 from popbox.server.privileges import drop_privileges
