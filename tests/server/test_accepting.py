@@ -55,13 +55,21 @@ class Recorder:
         conn.close()
 
 
-async def run_turns(recorder: Recorder, until: Callable[[], bool]) -> None:
-    """Let the loop turn (counting turns in the recorder) until `until()` holds."""
+def each_received(clients: list[socket.socket], reply: bytes) -> None:
+    """Each client got `reply` (b"" for closed unanswered); then it is closed."""
+    for client in clients:
+        assert client.recv(10) == reply
+        client.close()
+
+
+async def run_turns(recorder: Recorder | None, until: Callable[[], bool]) -> None:
+    """Let the loop turn (counting turns in the recorder, if any) until `until()` holds."""
     for _ in range(1000):
         if until():
             return
         await asyncio.sleep(0)
-        recorder.turn += 1
+        if recorder is not None:
+            recorder.turn += 1
     raise AssertionError("not done in 1000 loop turns")
 
 
@@ -107,9 +115,7 @@ def test_backlog_starts_a_batch_a_turn_taking_addresses_in_turn() -> None:
     assert order == [0, 7, 8, 1, 9, 2, 3, 4, 5, 6]
     turns = [turn for turn, _ in recorder.started]
     assert turns == sorted(turns) and len(set(turns)) == 4  # 3 + 3 + 3 + 1
-    for client in clients:
-        assert client.recv(10) == b"+OK\r\n"
-        client.close()
+    each_received(clients, b"+OK\r\n")
 
 
 def test_a_few_connections_start_in_arrival_order_in_one_turn() -> None:
@@ -206,9 +212,7 @@ def test_a_quiet_address_starts_ahead_of_a_flood_from_many_addresses() -> None:
     assert order.index(33) > 8
     turns = [turn for turn, _ in recorder.started]
     assert len(set(turns)) == len(clients)  # one start per turn
-    for client in clients:
-        assert client.recv(10) == b"+OK\r\n"
-        client.close()
+    each_received(clients, b"+OK\r\n")
 
 
 @pytest.mark.parametrize("quiet_client_served", [False, True])
@@ -246,9 +250,7 @@ def test_one_flood_start_a_turn_while_a_quiet_client_is_served(
             [n + offset for n in range(PER_TURN // 2) for offset in (0, PER_TURN)],
             [n + offset for n in range(PER_TURN // 2, PER_TURN) for offset in (0, PER_TURN)],
         ]
-    for client in clients:
-        assert client.recv(10) == b"+OK\r\n"
-        client.close()
+    each_received(clients, b"+OK\r\n")
 
 
 def test_quiet_and_rotation_take_turns_so_neither_starves() -> None:
@@ -298,10 +300,7 @@ def test_a_connection_in_its_start_counts_as_waiting() -> None:
 
         server = EagerAcceptServer(sock, start, max_waiting=lambda: 100)
         server.start_serving()
-        for _ in range(1000):
-            if len(starting) == len(clients):
-                break
-            await asyncio.sleep(0)
+        await run_turns(None, lambda: len(starting) == len(clients))
         counts.extend((server.waiting, server.waiting_from("127.0.0.2")))
         handshake.set()
         for _ in range(5):
@@ -312,9 +311,7 @@ def test_a_connection_in_its_start_counts_as_waiting() -> None:
 
     asyncio.run(main())
     assert counts == [0, 2, 0]
-    for client in clients:
-        assert client.recv(10) == b""
-        client.close()
+    each_received(clients, b"")
 
 
 def test_reset_connections_are_closed_without_a_session() -> None:
