@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import types
 import zlib
 from collections.abc import Awaitable
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TypeVar
 
 import pytest
 
+from popbox.storage import maildir_listing
 from popbox.storage.base import MessageInfo, StoreError
 from popbox.storage.maildir import MaildirMaildrop, MaildirStore
 from popbox.storage.maildir_cache import (
@@ -274,6 +276,30 @@ def test_recent_directory_changes_are_not_trusted(tmp_path: Path) -> None:
     (maildir / "new/1800000000.M1P1.quick").write_bytes(b"quick\n")
     os.utime(maildir / "new", ns=(new_dir.st_atime_ns, new_dir.st_mtime_ns))
     assert [m.key for m in listing(tmp_path)] == [m.key for m in first] + ["1800000000.M1P1.quick"]
+
+
+def test_stamps_recorded_too_early_are_recorded_again_once_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mail that arrived just before the first open leaves unsettled stamps in the cache;
+    the first open after the directories settle records settled ones, so that every
+    open after it skips the listing (it used to list the maildrop at every open)."""
+    maildir = maildir_of(tmp_path)
+    corpus(maildir)
+    first = listing(tmp_path)
+    early = load_cache(str(maildir))
+    assert early is not None and early.stamps is not None and not early.stamps.settled
+    # The clock moves on past DirStamps.SETTLE_NS; the directories stay as they are.
+    later = types.SimpleNamespace(time_ns=lambda: time.time_ns() + 2 * DirStamps.SETTLE_NS)
+    monkeypatch.setattr(maildir_listing, "time", later)
+    assert listing(tmp_path) == first
+    table = load_cache(str(maildir))
+    assert table is not None and table.stamps is not None and table.stamps.settled
+    # Now trusted: a file slipped in with new/'s mtime put back is not listed.
+    new_dir = (maildir / "new").stat()
+    (maildir / "new/1800000000.M1P1.sneaky").write_bytes(b"unseen\n")
+    os.utime(maildir / "new", ns=(new_dir.st_atime_ns, new_dir.st_mtime_ns))
+    assert listing(tmp_path) == first
 
 
 def test_a_replaced_directory_is_listed(tmp_path: Path) -> None:

@@ -177,7 +177,7 @@ def take_snapshot(
     places = [found[name] for name in table.names]
     if places != table.places:
         table.places, changed = places, True
-    if stamps.settled and (table.stamps is None or not table.stamps.same_directories(stamps)):
+    if stamps.settled and (table.stamps is None or not table.stamps.still_valid(stamps)):
         changed = True  # worth writing: the next open can skip the scan
     table.stamps = stamps
     return _snapshot(maildir, table, save=changed)
