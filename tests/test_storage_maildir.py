@@ -15,6 +15,7 @@ from typing import TypeVar
 import pytest
 
 from popbox.storage import maildir as maildir_module
+from popbox.storage import maildir_inline
 from popbox.storage import threads as threads_module
 from popbox.storage.base import READ_BLOCK_SIZE, MessageGone, StoreError
 from popbox.storage.locking import LOCK_FILE_NAME
@@ -290,7 +291,7 @@ def _evict_from_page_cache(path: Path) -> None:
 def test_small_cached_message_is_read_without_a_worker_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(maildir_module._InlineReads, "enabled", True)
+    monkeypatch.setattr(maildir_inline._OnTheLoop, "enabled", True)
     data = b"Subject: small\n\n" + b"x" * (READ_BLOCK_SIZE - 100)
     deliver(maildir_of(tmp_path), "1700000000.M1P1.host", data)
     calls = _count_thread_reads(monkeypatch)
@@ -336,14 +337,14 @@ def test_a_slow_read_on_the_event_loop_sends_every_later_read_to_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A stalled network filesystem, as open(2) would see it: the inline read is slow.
-    monkeypatch.setattr(maildir_module._InlineReads, "enabled", True)
-    real = maildir_module._read_if_cached
+    monkeypatch.setattr(maildir_inline._OnTheLoop, "enabled", True)
+    real = maildir_inline.read_if_cached
 
     def stalled(path: str) -> bytes | None:
         time.sleep(0.05)
         return real(path)
 
-    monkeypatch.setattr(maildir_module, "_read_if_cached", stalled)
+    monkeypatch.setattr(maildir_module, "read_if_cached", stalled)
     first, second = b"Subject: 1\n\none\n", b"Subject: 2\n\ntwo\n"
     maildir = maildir_of(tmp_path)
     deliver(maildir, "1700000000.M1P1.host", first)
@@ -355,7 +356,7 @@ def test_a_slow_read_on_the_event_loop_sends_every_later_read_to_threads(
 
     assert with_drop(tmp_path, body) == [[first], [second]]
     assert len(calls) == 1  # the first read was inline (and slow); the second was not
-    assert maildir_module._InlineReads.enabled is False
+    assert maildir_inline._OnTheLoop.enabled is False
     assert "messages are read in worker threads from now on" in caplog.text
 
 

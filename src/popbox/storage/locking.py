@@ -63,7 +63,8 @@ class MaildropLock:
 
     @classmethod
     def acquire(cls, directory: str) -> MaildropLock:
-        """Take the lock without waiting. Blocking I/O: call it from a worker thread.
+        """Take the lock without waiting. Blocking I/O: call it from a worker thread, or
+        on the event loop where a slow call is noticed (storage/maildir_inline.py).
 
         Raises MaildropLocked if another open holds it, StoreError on any other failure.
         """

@@ -4,9 +4,10 @@ MaildirStore.open(user) validates the user name, creates an empty maildrop if th
 yet, takes the RFC 1939 section 8 exclusive lock (storage/locking.py) and fixes the listing
 snapshot (storage/maildir_snapshot.py, with the maildrop cache of storage/maildir_cache.py
 and the unique-id rules of storage/maildir_uidl.py). The returned MaildirMaildrop streams
-messages in blocks, records first retrievals and removes messages at UPDATE. All
-file-system work runs in worker threads, so a big maildrop or a slow disk never stalls the
-event loop.
+messages in blocks, records first retrievals and removes messages at UPDATE. File-system
+work runs in worker threads, so a big maildrop or a slow disk never stalls the event loop;
+only small pieces (opening a maildrop whose cache is current, reading a small message the
+page cache holds) run on the loop, while they stay quick (storage/maildir_inline.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from typing import TypeVar
@@ -33,6 +33,7 @@ from popbox.storage.location import check_template, expand_location, user_locati
 from popbox.storage.locking import MaildropLock
 from popbox.storage.maildir_count import BIG_MESSAGE, count_into
 from popbox.storage.maildir_deliver import deliver_to_maildir, local_hostname
+from popbox.storage.maildir_inline import on_the_loop, open_if_cached, read_if_cached
 from popbox.storage.maildir_listing import (
     ALL_SUBDIRS,
     MESSAGE_SUBDIRS,
@@ -67,9 +68,6 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 # Rounds of counting big new messages on the event loop before opening; a message that
 # moved again each time is then counted in the snapshot's thread.
 _COUNT_ROUNDS = 2
-
-# Linux 4.14+: a read that fails with EAGAIN rather than wait for the disk.
-_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 def _prepare_and_lock(maildir: str) -> MaildropLock:
@@ -138,6 +136,9 @@ class MaildirStore:
         Raises InvalidMaildropUser, MaildropLocked or StoreError.
         """
         maildir = self.location(user)
+        opened = on_the_loop(partial(open_if_cached, maildir, self.uidl_settings), maildir)
+        if opened is not None:
+            return MaildirMaildrop(maildir, *opened)
         counted: dict[str, int] = {}
         for _ in range(_COUNT_ROUNDS):
             try:
@@ -203,7 +204,7 @@ class MaildirMaildrop:
         other I/O errors, KeyError for a key not in the listing.
         """
         path = self._snapshot_path(key)
-        if (whole := _InlineReads.read(path)) is not None:
+        if (whole := on_the_loop(partial(read_if_cached, path), path)) is not None:
             if whole:
                 yield whole
             return
@@ -267,53 +268,6 @@ class MaildirMaildrop:
     async def close(self) -> None:
         """Release the lock (RFC 1939 section 6). Safe to call more than once."""
         self._lock.release()
-
-
-class _InlineReads:
-    """Reads on the event loop (_read_if_cached), while they stay fast. The open(2) can
-    still wait (a network filesystem whose server is slow): once one read takes longer
-    than SLOW, every read goes to worker threads, for the life of the process."""
-
-    SLOW = 0.020  # seconds: far above a cached read (~20 us), below a stalled server
-    enabled = _RWF_NOWAIT is not None
-
-    @classmethod
-    def read(cls, path: str) -> bytes | None:
-        if not cls.enabled:
-            return None
-        started = time.monotonic()
-        whole = _read_if_cached(path)
-        if (took := time.monotonic() - started) > cls.SLOW:
-            cls.enabled = False
-            logger.warning(
-                "reading %s on the event loop took %.0f ms: messages are read in worker "
-                "threads from now on",
-                path,
-                took * 1000,
-            )
-        return whole
-
-
-def _read_if_cached(path: str) -> bytes | None:
-    """The whole message, read on the event loop thread, if it fits in one block and is
-    all in the page cache (preadv2 RWF_NOWAIT: the read never waits for the disk); None
-    otherwise, and the worker thread reads it (and reports any error)."""
-    if _RWF_NOWAIT is None:
-        return None
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError:
-        return None
-    try:
-        buffer = bytearray(READ_BLOCK_SIZE)
-        got = os.preadv(fd, [buffer], 0, _RWF_NOWAIT)
-        if got >= READ_BLOCK_SIZE or got != os.fstat(fd).st_size:
-            return None  # bigger than a block, or only partly cached
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return bytes(memoryview(buffer)[:got])
 
 
 def _close_opened(opened: tuple[int, str, list[bytes]]) -> None:

@@ -113,34 +113,40 @@ def cache_path(maildir: str) -> str:
     return os.path.join(maildir, CACHE_FILE_NAME)
 
 
-def load_cache(maildir: str) -> CacheTable | None:
-    """The cache of `maildir`, or None if there is none or it is unusable (logged)."""
+def load_cache(maildir: str, *, warn: bool = True) -> CacheTable | None:
+    """The cache of `maildir`, or None if there is none or it is unusable (logged, unless
+    not `warn`: a caller that falls back to one that does)."""
     path = cache_path(maildir)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        logger.warning("cannot open maildrop cache %r, rebuilding it: %s", path, exc)
+        _unusable(warn, "cannot open maildrop cache %r, rebuilding it: %s", path, exc)
         return None
     try:
         size = os.fstat(fd).st_size
         if size > MAX_CACHE_BYTES:
-            logger.warning("maildrop cache %r is too big (%d octets), rebuilding it", path, size)
+            _unusable(warn, "maildrop cache %r is too big (%d octets), rebuilding it", path, size)
             return None
         chunks = []
         while chunk := os.read(fd, 1 << 24):
             chunks.append(chunk)
     except OSError as exc:
-        logger.warning("cannot read maildrop cache %r, rebuilding it: %s", path, exc)
+        _unusable(warn, "cannot read maildrop cache %r, rebuilding it: %s", path, exc)
         return None
     finally:
         os.close(fd)
     try:
         return parse_cache(b"".join(chunks))
     except CorruptCache as exc:
-        logger.warning("maildrop cache %r is corrupt, rebuilding it: %s", path, exc)
+        _unusable(warn, "maildrop cache %r is corrupt, rebuilding it: %s", path, exc)
         return None
+
+
+def _unusable(warn: bool, message: str, *args: object) -> None:
+    if warn:
+        logger.warning(message, *args)
 
 
 def parse_cache(data: bytes) -> CacheTable:

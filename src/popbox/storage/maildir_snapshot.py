@@ -183,6 +183,21 @@ def take_snapshot(
     return _snapshot(maildir, table, save=changed)
 
 
+def cached_snapshot(maildir: str, settings: UidlSettings) -> Snapshot | None:
+    """take_snapshot's short way alone: the snapshot from the maildrop cache, if it may
+    stand in for listing new/ and cur/ (two stat(2)s and a read of the cache file); None
+    if the maildrop must be listed, or anything failed (nothing is logged: take_snapshot
+    then does it all, and reports)."""
+    try:
+        stamps = DirStamps.take(maildir)
+    except OSError:
+        return None
+    loaded = load_cache(maildir, warn=False)
+    if loaded is None or not _still_current(loaded, settings, stamps):
+        return None
+    return _snapshot(maildir, loaded)
+
+
 def _still_current(table: CacheTable, settings: UidlSettings, stamps: DirStamps) -> bool:
     """Whether the cache may stand in for listing new/ and cur/: same settings, every
     place known, and both directories unchanged since the cache's own listing."""
