@@ -130,6 +130,46 @@ def test_maildir_message_replaced_by_one_of_another_size(
     assert retr_ok(again, 1) == crlf(replacement)
 
 
+@pytest.mark.parametrize(
+    ("message", "listed"),
+    [(SECOND, 20), (SECOND, 500), (BIG, 400_000)],
+    ids=["less", "more", "big"],
+)
+def test_maildir_name_with_a_wrong_w_size_is_counted_for_the_next_session(
+    tmp_path: Path, message: bytes, listed: int
+) -> None:
+    """A name whose `,W=` is wrong (the file was edited after delivery): the session that
+    finds out refuses or cuts the reply, as for any changed message; the next session
+    lists the size the file really has and serves it. It used to take the name's size
+    again at every open, so that no session could ever retrieve the message. The name,
+    and so the unique-id, stay as they are."""
+    maildir = tmp_path / "mail" / "alice" / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    name = f"1700000000.M1P1.host,S={len(message)},W={listed}"
+    (maildir / "cur" / f"{name}:2,S").write_bytes(message)
+    (maildir / "cur" / "1700000001.M2P1.host:2,S").write_bytes(THIRD)
+    server = serve(tmp_path, f"maildir:{tmp_path}/mail/%u/Maildir")
+    client = login(server, 2)
+    assert list_sizes(client) == [listed, len(crlf(THIRD))]
+    changed = f"message 1 changed under the session: {listed} octets listed"
+    if message is SECOND:
+        assert client.command(b"RETR 1") == TEMP_READ
+        server.log.wait_for(r"read failed user=alice error=" + changed)
+        assert client.command(b"QUIT").startswith(b"+OK")
+    else:
+        client.send(b"RETR 1\r\n")
+        assert client.read_until_closed().startswith(b"+OK %d octets\r\n" % listed)
+        server.log.wait_for(r"read failed after \+OK user=alice error=" + changed)
+    for _ in range(2):  # from the cache the failed session wrote, then as it stands
+        again = login(server, 2)
+        assert list_sizes(again) == [len(crlf(message)), len(crlf(THIRD))]
+        assert again.command(b"UIDL 1") == f"+OK 1 {name}\r\n".encode()
+        assert retr_ok(again, 1) == crlf(message)
+        assert again.command(b"QUIT").startswith(b"+OK")
+        assert sorted(os.listdir(maildir / "cur")) == [f"{name}:2,S", "1700000001.M2P1.host:2,S"]
+
+
 def test_mbox_truncated_by_a_program_that_ignores_locks(tmp_path: Path) -> None:
     (tmp_path / "mail").mkdir()
     mbox = tmp_path / "mail" / "alice"

@@ -343,6 +343,33 @@ def test_cached_sizes_are_not_read_again(tmp_path: Path) -> None:
     assert [m.octets for m in listing(tmp_path)] == [6]
 
 
+def test_a_changed_message_is_counted_and_its_size_kept(tmp_path: Path) -> None:
+    """message_changed (a RETR found another size than listed): the file is counted as
+    it is now and the cache keeps that size, whatever the name's ,W= says; a message
+    that has gone loses its entry."""
+    maildir = maildir_of(tmp_path)
+    wrong = maildir / "cur/1700000001.M1P10.host,S=4,W=99:2,S"
+    wrong.write_bytes(b"a\nb\n")
+    gone = maildir / "cur/1700000002.M2P10.host:2,S"
+    gone.write_bytes(b"gone\n")
+    assert [m.octets for m in listing(tmp_path)] == [99, 6]
+
+    async def changed() -> None:
+        maildrop = await opened(tmp_path)
+        gone.unlink()
+        try:
+            await maildrop.message_changed("1700000001.M1P10.host,S=4,W=99")
+            await maildrop.message_changed("1700000002.M2P10.host")
+        finally:
+            await maildrop.close()
+
+    run(changed())
+    table = load_cache(str(maildir))
+    assert table is not None
+    assert (table.names, table.octets) == (["1700000001.M1P10.host,S=4,W=99"], [6])
+    assert [(m.key, m.octets) for m in listing(tmp_path)] == [("1700000001.M1P10.host,S=4,W=99", 6)]
+
+
 def test_new_and_removed_messages_update_the_cache(tmp_path: Path) -> None:
     maildir = maildir_of(tmp_path)
     corpus(maildir)

@@ -73,13 +73,15 @@ async def send_message(
         check_octets(event, encoder)
     except (StoreError, OSError) as error:
         metrics.store_error("read")
-        if isinstance(error, MessageChanged):
-            await maildrop.message_changed(event.message.key)
         if not status_sent:  # nothing sent yet: the reply can still be -ERR
             log.error("read failed user=%s error=%s", session.user, error)
             write(session.retrieve_failed(message_gone=False).data)
+        else:
+            log.error("read failed after +OK user=%s error=%s", session.user, error)
+        if isinstance(error, MessageChanged):  # the next session lists it as it is now
+            await maildrop.message_changed(event.message.key)
+        if not status_sent:
             return False
-        log.error("read failed after +OK user=%s error=%s", session.user, error)
         raise ConnectionError("store failed during RETR") from error
     finally:
         aclose = getattr(stream, "aclose", None)

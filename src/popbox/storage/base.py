@@ -141,8 +141,9 @@ class Maildrop(Protocol):
 
     async def message_changed(self, key: str) -> None:
         """What read(key) gave is not the size the listing announced: the message was
-        changed under the session by another program. Forget what the store remembers of
-        it, so that the next open measures it again. Best effort; never raises."""
+        changed under the session by another program, or the size the store had for it
+        was wrong. The next open lists it as it is now (the Maildir store counts it and
+        keeps that size). Best effort; never raises."""
         ...
 
     async def close(self) -> None:

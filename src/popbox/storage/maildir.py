@@ -31,7 +31,7 @@ from popbox.storage.base import (
 from popbox.storage.durable import fsync_directory_or_log
 from popbox.storage.location import check_template, expand_location, user_location
 from popbox.storage.locking import MaildropLock
-from popbox.storage.maildir_count import BIG_MESSAGE, count_into
+from popbox.storage.maildir_count import BIG_MESSAGE, count_into, count_wire_octets
 from popbox.storage.maildir_deliver import deliver_to_maildir, local_hostname
 from popbox.storage.maildir_inline import on_the_loop, open_if_cached, read_if_cached
 from popbox.storage.maildir_listing import (
@@ -256,9 +256,20 @@ class MaildirMaildrop:
             raise StoreError(f"cannot write maildrop cache in {self.path!r}: {exc}") from exc
 
     async def message_changed(self, key: str) -> None:
-        """Drop the message's cache entry (its size): the next open lists the maildrop
-        again and measures the file as it is now."""
-        if self.closed or not self._cache.forget([key]):
+        """Count the message's wire size as the file is now and keep it in the cache, for
+        the next open to list; the size the name's `,W=` or Dovecot's uidlist gives is
+        not taken again (it was wrong, or the file was rewritten: either way a message
+        that no session could retrieve, as Dovecot renames such a file). A message gone
+        or unreadable loses its entry: the next open lists the maildrop again."""
+        if self.closed:
+            return
+        try:
+            octets = await count_wire_octets(self._paths[key])
+        except OSError:
+            changed = self._cache.forget([key])
+        else:
+            changed = self._cache.measured(key, octets)
+        if not changed:
             return
         try:
             await asyncio.to_thread(self._cache.save)

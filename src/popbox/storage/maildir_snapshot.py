@@ -9,12 +9,14 @@ know yet are looked at more closely:
   of the file (storage/maildir_measure.py; a big file is counted on the event loop
   instead, storage/maildir_count.py: take_snapshot raises CountFirst, and is called again
   with the counts). `,S=` is the stored size, which differs from the wire size by the
-  bare LFs, so it cannot spare the count;
+  bare LFs, so it cannot spare the count. A size a RETR found wrong is counted and
+  kept in the cache instead (MaildropCache.measured), so it is not taken again;
 - delivery time: from the name, else the file's mtime;
 - unique-id and order: storage/maildir_uidl.py.
 What was learnt is written back, once, if anything changed.
 
-Everything here blocks: call it from a worker thread, with the maildrop lock held.
+Everything here blocks: call it from a worker thread, with the maildrop lock held
+(cached_snapshot: or on the event loop, storage/maildir_inline.py).
 """
 
 from __future__ import annotations
@@ -68,6 +70,16 @@ class MaildropCache:
                     times[row] = when
                     changed = True
         return changed
+
+    def measured(self, key: str, octets: int) -> bool:
+        """Set the wire size of a listed message (counted); True if it changed."""
+        with self._mutex:
+            table = self._table
+            for row, name in enumerate(table.names):
+                if name == key and table.octets[row] != octets:
+                    table.octets[row] = octets
+                    return True
+        return False
 
     def forget(self, keys: Iterable[str]) -> bool:
         """Drop the entries of removed messages; True if any was dropped."""
