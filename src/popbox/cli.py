@@ -107,6 +107,7 @@ def _deliver(args: argparse.Namespace) -> int:
     procmail; exit statuses per sysexits(3)."""
     from popbox.delivery.deliver_cmd import EX_CONFIG, deliver_main  # noqa: PLC0415
     from popbox.server.assembly import make_authenticator, make_store  # noqa: PLC0415
+    from popbox.server.privileges import become_user_to_deliver  # noqa: PLC0415
 
     try:
         config = load_config(args.config)
@@ -115,6 +116,11 @@ def _deliver(args: argparse.Namespace) -> int:
         return EX_CONFIG
     setup_logging(config.log_level, config.log_format)
     message = sys.stdin.buffer.read()
+    try:
+        become_user_to_deliver(config)
+    except ConfigError as error:
+        print(f"popbox deliver: {error}", file=sys.stderr)
+        return EX_CONFIG
     return deliver_main(make_store(config), make_authenticator(config), args.users, message)
 
 

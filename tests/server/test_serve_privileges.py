@@ -80,6 +80,32 @@ def test_root_binds_then_serves_and_delivers_as_user(popbox: Starter, shared_roo
     assert (maildir / "popbox-cache").stat().st_uid == NOBODY.pw_uid
 
 
+def test_deliver_started_as_root_stores_as_user(shared_root: Path) -> None:
+    """`popbox deliver` run by root (procmail, an admin, an MTA that runs commands as
+    root) becomes `user` before storing: the new mail, and a maildrop it has to create,
+    belong to nobody, so that `popbox serve` can read and remove them."""
+    config = setup_files(shared_root)
+    (shared_root / "users").write_text("alice:{PLAIN}secret\nbob:{PLAIN}pw\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "popbox", "deliver", "--config", str(config), "alice", "bob"],
+        input=DELIVERED,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"running as user=nobody (uid {NOBODY.pw_uid})" in done.stderr.decode()
+    owner = (NOBODY.pw_uid, NOGROUP.gr_gid)
+    for user in ("alice", "bob"):
+        maildir = shared_root / "mail" / user / "Maildir"
+        (delivered,) = [p for p in (maildir / "new").iterdir() if p.read_bytes() != MESSAGE]
+        assert delivered.read_bytes() == b"Subject: new\n\ndelivered by LMTP\n"
+        assert (delivered.stat().st_uid, delivered.stat().st_gid) == owner
+    bob = shared_root / "mail" / "bob"
+    created = [bob, *(bob / "Maildir" / sub for sub in ("", "new", "cur", "tmp"))]
+    assert [(path.stat().st_uid, path.stat().st_gid) for path in created] == [owner] * 5
+
+
 # Runs in a child Python that imports what it needs as root, then becomes nobody (this
 # machine's Python may live where nobody cannot read), and asks popbox to switch users.
 SWITCH_AS_NOBODY = """

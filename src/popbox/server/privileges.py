@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from popbox.config import Config, ConfigError
+from popbox.db.startup import preload_databases
 
 log = logging.getLogger("popbox.server")
 
@@ -72,3 +73,19 @@ def drop_privileges(config: Config, owned_paths: Sequence[str] = ()) -> None:
         target.group,
         target.gid,
     )
+
+
+def become_user_to_deliver(config: Config) -> None:
+    """`popbox deliver` started as root: become `user`/`group` before anything is stored,
+    so that the mail and the maildrops it creates belong to the user `popbox serve` runs
+    as (dovecot-lda switches users too). Started as any other user (an MTA's pipe
+    transport runs it as the user its configuration names), it stays that user.
+
+    What delivery imports on first use is imported first, as `popbox serve` does: the
+    user may not be able to read Python's files."""
+    if os.geteuid() != 0:
+        return
+    import concurrent.futures.thread  # noqa: F401, PLC0415 - asyncio.to_thread's pool
+
+    preload_databases(config)
+    drop_privileges(config)
