@@ -245,6 +245,18 @@ def test_a_move_or_flag_change_updates_only_the_place(tmp_path: Path) -> None:
     assert table.places == ["c:2,", "c:2,S", "n", "c:2,ST", "c:2,RS", "n"]
 
 
+def assert_cache_trusted(tmp_path: Path, first: tuple[MessageInfo, ...]) -> None:
+    """The cache holds settled stamps, and open trusts it: a file slipped into new/ with
+    the directory's mtime put back is not listed, proving that no scan happened."""
+    maildir = tmp_path / "alice" / "Maildir"
+    table = load_cache(str(maildir))
+    assert table is not None and table.stamps is not None and table.stamps.settled
+    new_dir = (maildir / "new").stat()
+    (maildir / "new/1800000000.M1P1.sneaky").write_bytes(b"unseen\n")
+    os.utime(maildir / "new", ns=(new_dir.st_atime_ns, new_dir.st_mtime_ns))
+    assert listing(tmp_path) == first
+
+
 def test_settled_directories_are_not_listed_again(tmp_path: Path) -> None:
     """While new/ and cur/ keep the mtime and inode the cache recorded (and that mtime was
     settled when recorded), open trusts the cache instead of listing them."""
@@ -252,13 +264,7 @@ def test_settled_directories_are_not_listed_again(tmp_path: Path) -> None:
     corpus(maildir)
     settle(maildir)
     first = listing(tmp_path)
-    table = load_cache(str(maildir))
-    assert table is not None and table.stamps is not None and table.stamps.settled
-    # A file slipped in with new/'s mtime put back: invisible, proving no scan happened.
-    new_dir = (maildir / "new").stat()
-    (maildir / "new/1800000000.M1P1.sneaky").write_bytes(b"unseen\n")
-    os.utime(maildir / "new", ns=(new_dir.st_atime_ns, new_dir.st_mtime_ns))
-    assert listing(tmp_path) == first
+    assert_cache_trusted(tmp_path, first)
     # Any real change moves the mtime: the next open lists again and finds it.
     (maildir / "new/1800000001.M1P1.later").write_bytes(b"later\n")
     keys = [m.key for m in listing(tmp_path)]
@@ -293,13 +299,7 @@ def test_stamps_recorded_too_early_are_recorded_again_once_settled(
     later = types.SimpleNamespace(time_ns=lambda: time.time_ns() + 2 * DirStamps.SETTLE_NS)
     monkeypatch.setattr(maildir_listing, "time", later)
     assert listing(tmp_path) == first
-    table = load_cache(str(maildir))
-    assert table is not None and table.stamps is not None and table.stamps.settled
-    # Now trusted: a file slipped in with new/'s mtime put back is not listed.
-    new_dir = (maildir / "new").stat()
-    (maildir / "new/1800000000.M1P1.sneaky").write_bytes(b"unseen\n")
-    os.utime(maildir / "new", ns=(new_dir.st_atime_ns, new_dir.st_mtime_ns))
-    assert listing(tmp_path) == first
+    assert_cache_trusted(tmp_path, first)
 
 
 def test_a_replaced_directory_is_listed(tmp_path: Path) -> None:
