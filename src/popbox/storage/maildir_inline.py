@@ -46,16 +46,17 @@ class _OnTheLoop:
         if not cls.enabled:
             return None
         started = time.monotonic()
-        result = func()
-        if (took := time.monotonic() - started) > cls.SLOW:
-            cls.enabled = False
-            logger.warning(
-                "reading %s on the event loop took %.0f ms: maildrops are opened and "
-                "messages are read in worker threads from now on",
-                path,
-                took * 1000,
-            )
-        return result
+        try:
+            return func()
+        finally:  # a slow MaildropLocked counts too
+            if (took := time.monotonic() - started) > cls.SLOW:
+                cls.enabled = False
+                logger.warning(
+                    "file-system work on %s took %.0f ms on the event loop: maildrops are "
+                    "opened and messages are read in worker threads from now on",
+                    path,
+                    took * 1000,
+                )
 
 
 def open_if_cached(maildir: str, settings: UidlSettings) -> tuple[MaildropLock, Snapshot] | None:
