@@ -109,6 +109,24 @@ def test_a_maildrop_whose_cache_is_current_opens_without_a_worker_thread(
     assert keys(maildir) == list(MESSAGES)  # the lock was released
 
 
+def test_a_big_maildrop_is_opened_by_the_worker_thread(
+    maildir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache over CACHE_ON_THE_LOOP octets would take too long to parse on the loop (a
+    100,000-message maildrop: 140 ms); such a maildrop opens in the thread, every time,
+    and the loop keeps doing the small ones."""
+    names = [f"18000{n:05d}.M{n}P1.host" for n in range(1500)]
+    for name in names:
+        (maildir / "cur" / f"{name}:2,S").write_bytes(b"Subject: many\n\n")
+    settle(maildir)
+    calls = thread_opens(monkeypatch)
+    assert keys(maildir) == list(MESSAGES) + names
+    assert (maildir / CACHE_FILE_NAME).stat().st_size > maildir_inline.CACHE_ON_THE_LOOP
+    assert keys(maildir) == list(MESSAGES) + names
+    assert calls == [str(maildir)] * 2
+    assert maildir_inline._OnTheLoop.enabled
+
+
 def test_new_mail_is_listed_by_the_worker_thread(
     maildir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,9 +171,9 @@ def test_a_slow_open_on_the_event_loop_sends_every_later_one_to_threads(
     keys(maildir)
     real = maildir_snapshot.cached_snapshot
 
-    def stalled(path: str, settings: UidlSettings) -> Snapshot | None:
+    def stalled(path: str, settings: UidlSettings, up_to: int) -> Snapshot | None:
         time.sleep(0.05)
-        return real(path, settings)
+        return real(path, settings, up_to)
 
     monkeypatch.setattr(maildir_inline, "cached_snapshot", stalled)
     calls = thread_opens(monkeypatch)

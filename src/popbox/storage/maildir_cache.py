@@ -113,9 +113,12 @@ def cache_path(maildir: str) -> str:
     return os.path.join(maildir, CACHE_FILE_NAME)
 
 
-def load_cache(maildir: str, *, warn: bool = True) -> CacheTable | None:
-    """The cache of `maildir`, or None if there is none or it is unusable (logged, unless
-    not `warn`: a caller that falls back to one that does)."""
+def load_cache(
+    maildir: str, *, warn: bool = True, up_to: int = MAX_CACHE_BYTES
+) -> CacheTable | None:
+    """The cache of `maildir`, or None if there is none, if it is bigger than `up_to`
+    octets, or if it is unusable (logged, unless not `warn`: a caller that falls back to
+    one that does)."""
     path = cache_path(maildir)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -126,6 +129,8 @@ def load_cache(maildir: str, *, warn: bool = True) -> CacheTable | None:
         return None
     try:
         size = os.fstat(fd).st_size
+        if MAX_CACHE_BYTES >= size > up_to:
+            return None
         if size > MAX_CACHE_BYTES:
             _unusable(warn, "maildrop cache %r is too big (%d octets), rebuilding it", path, size)
             return None

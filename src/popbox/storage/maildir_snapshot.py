@@ -195,16 +195,17 @@ def take_snapshot(
     return _snapshot(maildir, table, save=changed)
 
 
-def cached_snapshot(maildir: str, settings: UidlSettings) -> Snapshot | None:
+def cached_snapshot(maildir: str, settings: UidlSettings, up_to: int) -> Snapshot | None:
     """take_snapshot's short way alone: the snapshot from the maildrop cache, if it may
-    stand in for listing new/ and cur/ (two stat(2)s and a read of the cache file); None
-    if the maildrop must be listed, or anything failed (nothing is logged: take_snapshot
-    then does it all, and reports)."""
+    stand in for listing new/ and cur/ (two stat(2)s and a read of the cache file) and is
+    at most `up_to` octets; None if the maildrop must be listed, if the cache is bigger,
+    or if anything failed (nothing is logged: take_snapshot then does it all, and
+    reports)."""
     try:
         stamps = DirStamps.take(maildir)
     except OSError:
         return None
-    loaded = load_cache(maildir, warn=False)
+    loaded = load_cache(maildir, warn=False, up_to=up_to)
     if loaded is None or not _still_current(loaded, settings, stamps):
         return None
     return _snapshot(maildir, loaded)
