@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import os
 import threading
@@ -333,11 +334,12 @@ def test_message_not_in_the_page_cache_is_read_by_the_worker_thread(
     assert len(calls) == 1
 
 
-def test_a_slow_read_on_the_event_loop_sends_every_later_read_to_threads(
+def test_slow_reads_on_the_event_loop_send_every_later_read_to_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A stalled network filesystem, as open(2) would see it: the inline read is slow.
+    # A stalled network filesystem, as open(2) would see it: every inline read is slow.
     monkeypatch.setattr(maildir_inline._OnTheLoop, "enabled", True)
+    monkeypatch.setattr(maildir_inline._OnTheLoop, "_slow_at", collections.deque(maxlen=3))
     real = maildir_inline.read_if_cached
 
     def stalled(path: str) -> bytes | None:
@@ -345,17 +347,17 @@ def test_a_slow_read_on_the_event_loop_sends_every_later_read_to_threads(
         return real(path)
 
     monkeypatch.setattr(maildir_module, "read_if_cached", stalled)
-    first, second = b"Subject: 1\n\none\n", b"Subject: 2\n\ntwo\n"
+    messages = [b"Subject: %d\n\nbody %d\n" % (n, n) for n in range(4)]
     maildir = maildir_of(tmp_path)
-    deliver(maildir, "1700000000.M1P1.host", first)
-    deliver(maildir, "1700000001.M1P1.host", second)
+    for n, message in enumerate(messages):
+        deliver(maildir, f"170000000{n}.M1P1.host", message)
     calls = _count_thread_reads(monkeypatch)
 
     async def body(drop: MaildirMaildrop) -> list[list[bytes]]:
         return [await read_all(drop, message.key) for message in drop.listing]
 
-    assert with_drop(tmp_path, body) == [[first], [second]]
-    assert len(calls) == 1  # the first read was inline (and slow); the second was not
+    assert with_drop(tmp_path, body) == [[message] for message in messages]
+    assert len(calls) == 1  # three reads were inline (and slow); the fourth was not
     assert maildir_inline._OnTheLoop.enabled is False
     assert "messages are read in worker threads from now on" in caplog.text
 

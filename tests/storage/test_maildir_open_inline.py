@@ -6,6 +6,8 @@ and one slow open sends all later ones there."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import os
 import time
 from collections.abc import Awaitable
@@ -42,6 +44,7 @@ def run(coro: Awaitable[_T]) -> _T:
 def maildir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """alice's maildrop with two messages, new/ and cur/ last changed 10 s ago."""
     monkeypatch.setattr(maildir_inline._OnTheLoop, "enabled", True)
+    monkeypatch.setattr(maildir_inline._OnTheLoop, "_slow_at", collections.deque(maxlen=3))
     path = tmp_path / "alice" / "Maildir"
     for sub in ("new", "cur", "tmp"):
         (path / sub).mkdir(parents=True)
@@ -164,11 +167,8 @@ def test_a_corrupt_cache_is_reported_once_and_rebuilt(
     assert caplog.text.count("is corrupt, rebuilding it") == 1
 
 
-def test_a_slow_open_on_the_event_loop_sends_every_later_one_to_threads(
-    maildir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A stalled network filesystem, as stat(2) would see it: the inline open is slow.
-    keys(maildir)
+def stall_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled network filesystem, as stat(2) would see it: every inline open is slow."""
     real = maildir_snapshot.cached_snapshot
 
     def stalled(path: str, settings: UidlSettings, up_to: int) -> Snapshot | None:
@@ -176,10 +176,37 @@ def test_a_slow_open_on_the_event_loop_sends_every_later_one_to_threads(
         return real(path, settings, up_to)
 
     monkeypatch.setattr(maildir_inline, "cached_snapshot", stalled)
+
+
+def test_slow_opens_on_the_event_loop_send_every_later_one_to_threads(
+    maildir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys(maildir)
+    stall_opens(monkeypatch)
     calls = thread_opens(monkeypatch)
-    assert keys(maildir) == list(MESSAGES)
-    assert calls == []  # the slow open was still the event loop's
-    assert maildir_inline._OnTheLoop.enabled is False
+    strikes = maildir_inline._OnTheLoop.STRIKES
+    for strike in range(1, strikes + 1):
+        assert keys(maildir) == list(MESSAGES)
+        assert calls == []  # each slow open was still the event loop's
+        assert maildir_inline._OnTheLoop.enabled is (strike < strikes)
     assert "maildrops are opened and messages are read in worker threads" in caplog.text
     assert keys(maildir) == list(MESSAGES)
     assert calls == [str(maildir)]
+
+
+def test_slow_pieces_far_apart_keep_the_work_on_the_loop(
+    maildir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A garbage collection or a descheduled process now and then makes a piece slow; as
+    long as STRIKES of them do not fall within WINDOW, nothing moves to threads."""
+    monkeypatch.setattr(maildir_inline._OnTheLoop, "WINDOW", 0.01)  # < the 50 ms stall
+    caplog.set_level(logging.INFO, logger="popbox.storage.maildir_inline")
+    keys(maildir)
+    stall_opens(monkeypatch)
+    calls = thread_opens(monkeypatch)
+    for _ in range(maildir_inline._OnTheLoop.STRIKES + 1):
+        assert keys(maildir) == list(MESSAGES)
+    assert calls == []
+    assert maildir_inline._OnTheLoop.enabled
+    assert caplog.text.count(" ms on the event loop\n") == maildir_inline._OnTheLoop.STRIKES + 1
+    assert "worker threads from now on" not in caplog.text
