@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from popbox import pacing
-from popbox.storage import maildir_count
+from popbox.storage import maildir_count, maildir_inline
 from popbox.storage.base import READ_BLOCK_SIZE
 from popbox.storage.maildir import MaildirStore
 from popbox.storage.maildir_cache import CACHE_FILE_NAME
@@ -91,7 +91,7 @@ def test_a_cold_file_is_read_in_a_worker_thread(
     data = big_text()
     path.write_bytes(data)
     misses: list[int] = []
-    cached = maildir_count._read_if_cached
+    cached = maildir_inline.read_block_if_cached
 
     def recorded(fd: int, offset: int) -> bytes | None:
         block = cached(fd, offset)
@@ -99,7 +99,7 @@ def test_a_cold_file_is_read_in_a_worker_thread(
             misses.append(offset)
         return block
 
-    monkeypatch.setattr(maildir_count, "_read_if_cached", recorded)
+    monkeypatch.setattr(maildir_count, "read_block_if_cached", recorded)
 
     async def main() -> int:
         # Pages another CPU has just added can escape one eviction: try a few times.

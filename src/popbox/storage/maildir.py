@@ -36,6 +36,7 @@ from popbox.storage.maildir_deliver import deliver_to_maildir, local_hostname
 from popbox.storage.maildir_inline import on_the_loop, open_if_cached, read_if_cached
 from popbox.storage.maildir_listing import (
     ALL_SUBDIRS,
+    MESSAGE_OPEN_FLAGS,
     MESSAGE_SUBDIRS,
     locate_message,
     scan_messages,
@@ -63,7 +64,6 @@ _MAILDIR_MODE = 0o700
 # most this many READ_BLOCK_SIZE blocks (256 KiB) sit in memory per reader.
 _BLOCKS_PER_HOP = 4
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 # Rounds of counting big new messages on the event loop before opening; a message that
 # moved again each time is then counted in the snapshot's thread.
@@ -304,7 +304,7 @@ def _open_and_read(maildir: str, key: str, path: str) -> tuple[int, str, list[by
 def _open_message(maildir: str, key: str, path: str) -> tuple[int, str]:
     """Open the message, following it if another agent moved it or changed its flags."""
     try:
-        return os.open(path, _OPEN_FLAGS), path
+        return os.open(path, MESSAGE_OPEN_FLAGS), path
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -313,7 +313,7 @@ def _open_message(maildir: str, key: str, path: str) -> tuple[int, str]:
         moved = locate_message(maildir, key)
         if moved is None:
             raise MessageGone(f"message {key!r} is gone from {maildir!r}")
-        return os.open(moved, _OPEN_FLAGS), moved
+        return os.open(moved, MESSAGE_OPEN_FLAGS), moved
     except FileNotFoundError as exc:
         raise MessageGone(f"message {key!r} is gone from {maildir!r}") from exc
     except OSError as exc:

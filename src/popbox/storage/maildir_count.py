@@ -21,25 +21,24 @@ from functools import partial
 
 from popbox import pacing
 from popbox.storage.base import READ_BLOCK_SIZE, StoreError
+from popbox.storage.maildir_inline import read_block_if_cached
+from popbox.storage.maildir_listing import MESSAGE_OPEN_FLAGS
 from popbox.storage.octets import WireOctetCounter
 from popbox.storage.threads import in_thread_owned, in_thread_reading
 
 BIG_MESSAGE = 128 * 1024
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
-
 
 async def count_wire_octets(path: str) -> int:
     """The wire size of the message at `path`. Raises OSError (FileNotFoundError if it
     vanished)."""
-    fd = await in_thread_owned(partial(os.open, path, _OPEN_FLAGS), os.close)
+    fd = await in_thread_owned(partial(os.open, path, MESSAGE_OPEN_FLAGS), os.close)
     counter = WireOctetCounter()
     offset = 0
     try:
         while True:
             await pacing.step()
-            block = _read_if_cached(fd, offset)
+            block = read_block_if_cached(fd, offset)
             if block is None:
                 read = partial(os.pread, fd, READ_BLOCK_SIZE, offset)
                 try:
@@ -54,18 +53,6 @@ async def count_wire_octets(path: str) -> int:
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def _read_if_cached(fd: int, offset: int) -> bytes | None:
-    """The next block if the page cache has it (or the end of file: b""), else None."""
-    if _RWF_NOWAIT is None:
-        return None
-    buffer = bytearray(READ_BLOCK_SIZE)
-    try:
-        got = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
-    except OSError:  # EAGAIN: on disk; EOPNOTSUPP: a filesystem without it
-        return None
-    return bytes(memoryview(buffer)[:got])
 
 
 async def count_into(counted: dict[str, int], paths: dict[str, str]) -> None:

@@ -1,6 +1,7 @@
 """Small file-system work of the Maildir store done on the event loop, while it stays
 quick: opening a maildrop whose cache is current, reading a small message the page cache
-holds. Everything else runs in worker threads (storage/maildir.py).
+holds, and the page-cache reads of blocks that storage/maildir_count.py counts with.
+Everything else runs in worker threads (storage/maildir.py).
 
 In a worker thread this same work waits for the GIL after each of its system calls: with
 the loop busy (the hostile test of issue 7), a login's open took 4 ms at the median and
@@ -19,6 +20,7 @@ from typing import ClassVar, TypeVar
 
 from popbox.storage.base import READ_BLOCK_SIZE, MaildropLocked, StoreError
 from popbox.storage.locking import MaildropLock
+from popbox.storage.maildir_listing import MESSAGE_OPEN_FLAGS
 from popbox.storage.maildir_snapshot import Snapshot, cached_snapshot
 from popbox.storage.maildir_uidl import UidlSettings
 
@@ -26,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 # The biggest maildrop cache opened on the loop: parsing costs about 1.4 us a message, so
 # this (600-1,000 messages, as long as their names are) stays near a millisecond; a
@@ -109,23 +110,35 @@ def open_if_cached(maildir: str, settings: UidlSettings) -> tuple[MaildropLock, 
 
 def read_if_cached(path: str) -> bytes | None:
     """The whole message, read on the event loop thread, if it fits in one block and is
-    all in the page cache (preadv2 RWF_NOWAIT: the read never waits for the disk); None
-    otherwise, and the worker thread reads it (and reports any error)."""
+    all in the page cache (read_block_if_cached); None otherwise, and the worker thread
+    reads it (and reports any error)."""
     if _RWF_NOWAIT is None:
         return None
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, MESSAGE_OPEN_FLAGS)
     except OSError:
         return None
     try:
-        buffer = bytearray(READ_BLOCK_SIZE)
-        got = os.preadv(fd, [buffer], 0, _RWF_NOWAIT)
-        if got >= READ_BLOCK_SIZE or got != os.fstat(fd).st_size:
+        block = read_block_if_cached(fd, 0)
+        if block is None or len(block) >= READ_BLOCK_SIZE or len(block) != os.fstat(fd).st_size:
             return None  # bigger than a block, or only partly cached
     except OSError:
         return None
     finally:
         os.close(fd)
+    return block
+
+
+def read_block_if_cached(fd: int, offset: int) -> bytes | None:
+    """The block of `fd` at `offset` if the page cache has it (preadv2 RWF_NOWAIT: the
+    read never waits for the disk; b"" at the end of file), else None."""
+    if _RWF_NOWAIT is None:
+        return None
+    buffer = bytearray(READ_BLOCK_SIZE)
+    try:
+        got = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
+    except OSError:  # EAGAIN: on disk; EOPNOTSUPP: a filesystem without it
+        return None
     return bytes(memoryview(buffer)[:got])
 
 

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 MESSAGE_SUBDIRS = ("new", "cur")
 ALL_SUBDIRS = ("new", "cur", "tmp")
 
+# How a message file is opened for reading: a symlink planted in a user-writable maildrop
+# must not make us read a file elsewhere.
+MESSAGE_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+
 # Maildir spec: "info" starts at the colon.
 INFO_SEPARATOR = ":"
 

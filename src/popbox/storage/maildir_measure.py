@@ -16,10 +16,8 @@ import re
 import stat
 from dataclasses import dataclass
 
-from popbox.storage.maildir_listing import is_valid_uidl
+from popbox.storage.maildir_listing import MESSAGE_OPEN_FLAGS, is_valid_uidl
 from popbox.storage.octets import COUNT_BLOCK_SIZE, WireOctetCounter, wire_octets
-
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 # How much of a message is searched for X-UIDL when the header block has not ended: RFC
 # 5322 sets no limit on header size, so this bounds the work a hostile message can cause.
@@ -59,7 +57,7 @@ def measure_file(
             return None
         return Measured(None, status.st_mtime_ns, None)
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, MESSAGE_OPEN_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return None  # replaced by a symlink since the scan: not a message
