@@ -206,6 +206,47 @@ def test_mbox_rewritten_in_place_by_a_program_that_ignores_locks(tmp_path: Path)
     assert [retr_ok(again, n) for n in (1, 2, 3)] == [crlf(SECOND), crlf(THIRD), crlf(FIRST)]
 
 
+def test_mbox_edited_in_place_between_sessions_past_what_the_index_checks(
+    tmp_path: Path,
+) -> None:
+    """A mail reader changed a line deep in a message (same length, one line end more):
+    same inode, same size, every record's first octets as indexed, so the next session
+    lists the message with the size the index has (storage/mbox_index.py, as Dovecot's
+    dirty syncs do). RETR must refuse it rather than send another size, drop the index,
+    and the session after lists and serves the message as it now is."""
+    (tmp_path / "mail").mkdir()
+    mbox = tmp_path / "mail" / "alice"
+    long_body = b"".join(b"line %04d of the second message\n" % n for n in range(100))
+    second = b"From: b@example.org\nSubject: two\n\n" + long_body
+    mbox.write_bytes(record(FIRST) + record(second))
+    server = serve(tmp_path, f"mbox:{tmp_path}/mail/%u")
+    client = login(server, 2)
+    uidls = client.command(b"UIDL 2")
+    assert client.command(b"QUIT").startswith(b"+OK")
+    index = tmp_path / "mail" / "alice.popbox-index"
+    assert index.exists()
+
+    edited = second.replace(b"line 0090 of", b"line 0090\nof")  # 1,500 octets in
+    assert len(edited) == len(second)
+    inode = mbox.stat().st_ino
+    with mbox.open("r+b") as reader:
+        reader.write(record(FIRST) + record(edited))
+    assert mbox.stat().st_ino == inode
+    client = login(server, 2)
+    assert list_sizes(client) == [len(crlf(FIRST)), len(crlf(second))]  # as indexed
+    assert client.command(b"RETR 2") == TEMP_READ
+    server.log.wait_for(r"message 2 changed under the session")
+    assert not index.exists()
+    assert client.command(b"QUIT").startswith(b"+OK")
+
+    client = login(server, 2)
+    assert list_sizes(client) == [len(crlf(FIRST)), len(crlf(edited))]
+    assert retr_ok(client, 2) == crlf(edited)
+    assert client.command(b"UIDL 2") == uidls  # the header is the same: so is the UIDL
+    assert client.command(b"QUIT").startswith(b"+OK")
+    assert index.exists()
+
+
 def test_postgresql_restarted_mid_session(
     tmp_path: Path, pg_server: PostgresServer, pg_url: str
 ) -> None:

@@ -15,6 +15,7 @@ scheme in storage/mbox_uidl.py; first-retrieval times in storage/mbox_cache.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -31,10 +32,11 @@ from popbox.storage.location import check_template, user_location
 from popbox.storage.mbox_cache import load_retrievals, save_retrievals
 from popbox.storage.mbox_deliver import DEFAULT_SENDER, append_message
 from popbox.storage.mbox_format import MBOX_FORMATS, MboxFormat, MessageStream, is_separator_at
+from popbox.storage.mbox_index import FileStamp, after_rewrite, drop_index, load_parsed
 from popbox.storage.mbox_journal import recover_append
 from popbox.storage.mbox_lock import MboxLock
 from popbox.storage.mbox_rewrite import rewrite_without
-from popbox.storage.mbox_scan import MboxEntry, MboxSnapshot, take_snapshot
+from popbox.storage.mbox_scan import MboxEntry, MboxSnapshot, Parsed
 from popbox.storage.threads import in_thread_owned
 
 __all__ = ["MboxMaildrop", "MboxStore"]
@@ -104,9 +106,13 @@ class MboxStore:
         """
         path = self.location(user)
         opener = partial(_open_session, path, self.mbox_format, self.dotlock_stale)
-        lock, snapshot, stamp = await in_thread_owned(opener, lambda opened: opened[0].release())
+        lock, snapshot, parsed, stamp = await in_thread_owned(
+            opener, lambda opened: opened[0].release()
+        )
         refresh = self.dotlock_stale / _REFRESHES_PER_STALE_PERIOD
-        return MboxMaildrop(path, lock, snapshot, self.mbox_format, refresh, stamp=stamp)
+        return MboxMaildrop(
+            path, lock, snapshot, self.mbox_format, refresh, parsed=parsed, stamp=stamp
+        )
 
     async def deliver(
         self, user: str, message: bytes, *, envelope_sender: str = DEFAULT_SENDER
@@ -134,17 +140,22 @@ class MboxStore:
 
 def _open_session(
     path: str, mbox_format: MboxFormat, stale: float
-) -> tuple[MboxLock, MboxSnapshot, _Stamp]:
+) -> tuple[MboxLock, MboxSnapshot, Parsed, _Stamp]:
     lock = MboxLock.try_acquire(path, stale_after=stale, create=False)
     if lock is None:
         raise MaildropLocked(f"mbox {path!r} is locked by another session or program")
     try:
         if lock.fd < 0:
-            return lock, MboxSnapshot(size=0, entries=()), None
+            empty = Parsed(size=0, records=())
+            return lock, empty.snapshot(), empty, None
         recover_append(path, lock.fd)  # a delivery cut short by a crash
-        stamp = _stamp(lock.fd, path)
-        snapshot = take_snapshot(lock.fd, stamp[0], mbox_format, load_retrievals(path))
-        return lock, snapshot, stamp
+        try:
+            stamp = FileStamp.of(lock.fd)
+        except OSError as exc:
+            raise StoreError(f"cannot stat mbox {path!r}: {exc.strerror}") from exc
+        parsed = load_parsed(lock.fd, path, stamp, mbox_format)
+        snapshot = parsed.snapshot(load_retrievals(path))
+        return lock, snapshot, parsed, (stamp.size, stamp.mtime_ns, stamp.ctime_ns)
     except BaseException:
         lock.release()
         raise
@@ -161,12 +172,14 @@ class MboxMaildrop:
         mbox_format: MboxFormat,
         refresh_interval: float,
         *,
+        parsed: Parsed,
         stamp: _Stamp = None,
     ) -> None:
         self.path = path
         self._lock = lock
         self._stamp = stamp
         self._format: MboxFormat = mbox_format
+        self._parsed = parsed  # for the index after UPDATE (storage/mbox_index.py)
         self._size = snapshot.size
         self._listing = snapshot.listing
         self._entries = {entry.info.key: entry for entry in snapshot.entries}
@@ -245,8 +258,11 @@ class MboxMaildrop:
             return DeleteResult(removed=(), failed=())
         self._updated = True
         ranges = [(entry.separator, entry.record_end) for entry in entries]
+        rewrite = partial(
+            _rewrite_and_index, self._lock, self._format, self._parsed, self._size, ranges
+        )
         try:
-            await self._in_worker(partial(rewrite_without, self._lock, self._size, ranges))
+            await self._in_worker(rewrite)
         except StoreError as exc:
             logger.error("mbox %r: nothing deleted: %s", self.path, exc)
             return DeleteResult(removed=(), failed=tuple(unique))
@@ -261,7 +277,9 @@ class MboxMaildrop:
         return DeleteResult(removed=tuple(unique), failed=())
 
     async def message_changed(self, key: str) -> None:
-        """Nothing is remembered across sessions: the next open parses the file again."""
+        """The index (storage/mbox_index.py) goes: the next open parses the file again."""
+        with contextlib.suppress(Exception):
+            await self._in_worker(partial(drop_index, self.path))
 
     async def close(self) -> None:
         """Release both locks (RFC 1939 section 6), once running reads have stopped.
@@ -311,6 +329,22 @@ class MboxMaildrop:
         self._schedule_refresh()
 
 
+def _rewrite_and_index(
+    lock: MboxLock,
+    mbox_format: MboxFormat,
+    parsed: Parsed,
+    size: int,
+    ranges: list[tuple[int, int]],
+) -> None:
+    """UPDATE's rewrite, then the index of the new file (computed, not parsed)."""
+    rewrite_without(lock, size, ranges)
+    try:
+        after_rewrite(lock.fd, lock.path, mbox_format, parsed, ranges)
+    except Exception:  # the messages are gone: only the index may be wrong, so it goes
+        logger.exception("mbox %r: cannot index the rewritten file", lock.path)
+        drop_index(lock.path)
+
+
 def _stamp(fd: int, path: str) -> tuple[int, int, int]:
     try:
         status = os.fstat(fd)
@@ -332,6 +366,7 @@ def _first_blocks(
 ) -> list[bytes]:
     _check_unchanged(fd, path, stamp)
     if not is_separator_at(fd, entry.separator):  # changed within the clock's resolution
+        drop_index(path)
         raise StoreError(f"mbox {path!r} changed under the session near message {entry.info.key!r}")
     return _next_blocks(fd, stream, path, stamp)
 

@@ -79,12 +79,15 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
     return data
 
 
-def find_separators(fd: int, size: int, block_size: int = SCAN_BLOCK_SIZE) -> list[int]:
-    """Offsets of the separator lines within the first `size` octets of the file at `fd`."""
+def find_separators(
+    fd: int, size: int, block_size: int = SCAN_BLOCK_SIZE, *, start: int = 0
+) -> list[int]:
+    """Offsets of the separator lines within the first `size` octets of the file at `fd`,
+    from `start` on (the empty line before a separator at `start` is read too)."""
     overlap = len(_SEPARATOR_AFTER_BLANK) - 1
     block_size = max(block_size, 2 * len(_SEPARATOR_AFTER_BLANK))
     found: list[int] = []
-    offset = 0
+    offset = max(0, start - 2)
     while offset < size:
         block = pread_exact(fd, min(block_size, size - offset), offset)
         if offset == 0 and block.startswith(SEPARATOR):
@@ -98,7 +101,7 @@ def find_separators(fd: int, size: int, block_size: int = SCAN_BLOCK_SIZE) -> li
         # The next block repeats the last octets: a match across the seam is found there
         # (and only there: a match needs all its octets in one block).
         offset += len(block) - overlap
-    return found
+    return [offset for offset in found if offset >= start] if start else found
 
 
 def is_separator_at(fd: int, offset: int) -> bool:

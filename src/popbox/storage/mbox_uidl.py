@@ -29,8 +29,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
     "HEADER_LIMIT",
@@ -79,8 +78,7 @@ def header_end(data: bytes, start: int = 0) -> int:
     return found + 1 if found >= 0 else -1
 
 
-@dataclass(frozen=True, slots=True)
-class UidlCandidate:
+class UidlCandidate(NamedTuple):
     """What one message offers as its UIDL."""
 
     x_uidl: str | None
