@@ -228,11 +228,18 @@ def dovecot_mail_user() -> MailUser:
 
 
 def dovecot_config(
-    root: Path, mail: Path, tls: TlsFiles, user: MailUser, sessions: int
+    root: Path,
+    mail: Path,
+    tls: TlsFiles,
+    user: MailUser,
+    sessions: int,
+    *,
+    mail_location: str | None = None,
 ) -> tuple[str, int, int]:
     """Dovecot 2.3 for POP3 only, in its documented high-performance login mode
     (doc/wiki/LoginProcess.txt: service_count = 0, process_min_avail = CPU cores), with
-    room for `sessions` concurrent sessions (one pop3 process each)."""
+    room for `sessions` concurrent sessions (one pop3 process each). `mail_location`:
+    Dovecot's, instead of each user's Maildir under `mail`."""
     port, tls_port = free_port(), free_port()
     cores = os.cpu_count() or 1
     limit = sessions + 1000
@@ -254,7 +261,7 @@ first_valid_uid = {min(user.uid, 500)}
 first_valid_gid = {min(user.gid, 1)}
 default_client_limit = {limit}
 default_vsz_limit = 1G
-mail_location = maildir:{mail}/%u/Maildir
+mail_location = {mail_location or f"maildir:{mail}/%u/Maildir"}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN {root}/users
@@ -289,11 +296,15 @@ def dovecot_version() -> str:
     return result.stdout.strip()
 
 
-def start_dovecot(root: Path, mail: Path, tls: TlsFiles, sessions: int) -> Server:
+def start_dovecot(
+    root: Path, mail: Path, tls: TlsFiles, sessions: int, mail_location: str | None = None
+) -> Server:
     user = dovecot_mail_user()
     for sub in ("run", "state"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    text, port, tls_port = dovecot_config(root, mail, tls, user, sessions)
+    text, port, tls_port = dovecot_config(
+        root, mail, tls, user, sessions, mail_location=mail_location
+    )
     config = root / "dovecot.conf"
     config.write_text(text)
     log = root / "dovecot.log"
