@@ -78,29 +78,14 @@ def sessions(name: str, port: int, mbox: Path, count: int) -> list[tuple[str, st
     return rows
 
 
-def popbox_server(root: Path, mail: Path) -> servers.Server:
-    import subprocess  # noqa: PLC0415
+def tls_files(root: Path) -> servers.TlsFiles:
+    import trustme  # noqa: PLC0415
 
-    port = servers.free_port()
-    config = root / "popbox.toml"
-    config.write_text(
-        f'hostname = "bench.popbox.invalid"\nworkers = 1\n'
-        f'[[listen]]\naddress = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-        f'[mail]\nlocation = "mbox:{mail}/%u"\n'
-        f'[auth]\npasswd_file = "{root / "users"}"\n'
-    )
-    log = root / "popbox.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "popbox", "serve", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=servers.popbox_env(ROOT / "src"),
-        )
-    server = servers.Server("popbox", process, port, servers.free_port(), log)
-    servers.wait_for_port(process, port, log)
-    return server
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    tls = servers.TlsFiles(root / "cert.pem", root / "key.pem", root / "ca.pem")
+    issued.private_key_pem.write_to_path(str(tls.key))
+    issued.cert_chain_pems[0].write_to_path(str(tls.cert))
+    return tls
 
 
 def run(root: Path, count: int, *, dovecot: bool) -> int:
@@ -120,19 +105,16 @@ def run(root: Path, count: int, *, dovecot: bool) -> int:
             os.chown(path, user.uid, user.gid)
     os.sync()
     settle()
-    server = popbox_server(root, popbox_mail)
+    tls = tls_files(root)
+    location = f"mbox:{popbox_mail}/%u"
+    server = servers.start_popbox(
+        root, popbox_mail, tls, workers=1, src=ROOT / "src", location=location
+    )
     try:
         rows += sessions("popbox", server.port, popbox_mail / USER, count)
     finally:
         server.stop()
     if dovecot:
-        import trustme  # noqa: PLC0415
-
-        ca = trustme.CA()
-        issued = ca.issue_cert("127.0.0.1")
-        tls = servers.TlsFiles(root / "cert.pem", root / "key.pem", root / "ca.pem")
-        issued.private_key_pem.write_to_path(str(tls.key))
-        issued.cert_chain_pems[0].write_to_path(str(tls.cert))
         location = f"mbox:{root}/dovecot-mail/%u:INBOX={root}/dovecot-mail/%u/inbox"
         server = servers.start_dovecot(root, root / "dovecot-mail", tls, 10, location)
         try:

@@ -139,7 +139,10 @@ def popbox_env(src: Path) -> dict[str, str]:
     return env
 
 
-def popbox_config(root: Path, mail: Path, tls: TlsFiles, workers: int | None) -> str:
+def popbox_config(
+    root: Path, mail: Path, tls: TlsFiles, workers: int | None, location: str | None = None
+) -> str:
+    """`location`: popbox's [mail] location, instead of each user's Maildir under `mail`."""
     ports = free_port(), free_port()
     top = f"workers = {workers}\n" if workers else ""
     return f"""\
@@ -158,7 +161,7 @@ private_key = "{tls.key}"
 [auth]
 passwd_file = "{root / "users"}"
 [mail]
-location = "maildir:{mail}/%u/Maildir"
+location = "{location or f"maildir:{mail}/%u/Maildir"}"
 [limits]
 max_connections = 30000
 max_connections_per_ip = 30000
@@ -185,10 +188,16 @@ def supports_workers(root: Path, src: Path) -> bool:
 
 
 def start_popbox(
-    root: Path, mail: Path, tls: TlsFiles, *, workers: int | None, src: Path
+    root: Path,
+    mail: Path,
+    tls: TlsFiles,
+    *,
+    workers: int | None,
+    src: Path,
+    location: str | None = None,
 ) -> Server:
     config = root / "popbox.toml"
-    text = popbox_config(root, mail, tls, workers)
+    text = popbox_config(root, mail, tls, workers, location)
     config.write_text(text)
     ports = [int(port) for port in re.findall(r"^port = (\d+)$", text, re.MULTILINE)]
     log = root / "popbox.log"
