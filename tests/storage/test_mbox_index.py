@@ -19,7 +19,7 @@ from popbox.storage.base import MessageInfo
 from popbox.storage.mbox import MboxMaildrop
 from popbox.storage.mbox_format import MboxFormat
 from popbox.storage.mbox_index import INDEX_SUFFIX, FileStamp
-from popbox.storage.mbox_scan import Parsed, Record
+from popbox.storage.mbox_records import Parsed, Record
 
 MESSAGES = [b"Subject: m%d\nMessage-ID: <%d@x>\n\nbody %d\n" % (n, n, n) for n in range(6)]
 
@@ -154,7 +154,7 @@ def test_records_that_moved_by_a_whole_record_are_seen(
     calls = Calls(monkeypatch)
     after = listing(tmp_path)
     assert (calls.full, calls.appended) == (1, [])
-    assert after == full_parse(path).snapshot().listing
+    assert after == tuple(full_parse(path).snapshot().listing)
     assert [info.unique_id for info in after[:2]] == [info.unique_id for info in before[1:]]
 
 
@@ -170,7 +170,7 @@ def test_appended_mail_is_the_only_part_parsed(
     new = listing(tmp_path)
     assert (calls.full, calls.appended) == (0, [size])
     assert new[:3] == old
-    assert new == full_parse(path).snapshot().listing
+    assert new == tuple(full_parse(path).snapshot().listing)
     assert new[4].unique_id == new[0].unique_id + "-2"
     assert index_of(path) == full_parse(path)
 
@@ -188,7 +188,7 @@ def test_an_edit_that_moves_a_separator_means_a_full_parse(
         file.write(b"".join(record(m) for m in edited))
     assert path.stat().st_ino == inode
     calls = Calls(monkeypatch)
-    assert listing(tmp_path) == full_parse(path).snapshot().listing
+    assert listing(tmp_path) == tuple(full_parse(path).snapshot().listing)
     assert (calls.full, calls.appended) == (1, [])
 
 
@@ -207,7 +207,7 @@ def test_a_replaced_or_shorter_file_or_another_format_means_a_full_parse(
     listing(tmp_path, "mboxrd")
     assert calls.full == 2
     path.write_bytes(b"".join(record(m) for m in MESSAGES[:2]))  # truncated in place
-    assert listing(tmp_path, "mboxrd") == full_parse(path, "mboxrd").snapshot().listing
+    assert listing(tmp_path, "mboxrd") == tuple(full_parse(path, "mboxrd").snapshot().listing)
     assert calls.full == 3
     assert calls.appended == []
 
@@ -241,7 +241,7 @@ def test_update_indexes_the_rewritten_file(tmp_path: Path, monkeypatch: pytest.M
     assert path.read_bytes() == record(MESSAGES[1]) + record(MESSAGES[3])
     assert index_of(path) == full_parse(path)
     calls = Calls(monkeypatch)
-    assert listing(tmp_path) == full_parse(path).snapshot().listing
+    assert listing(tmp_path) == tuple(full_parse(path).snapshot().listing)
     assert (calls.full, calls.appended) == (0, [])
 
 
@@ -324,9 +324,8 @@ def test_every_open_lists_what_a_full_parse_lists(
                     path.write_bytes(data[:at] + b"Subject:  " + data[at + 9 :])
             elif op == "settle" and argument:
                 settle(monkeypatch, clock)
-            assert (
-                listing(tmp_path, mbox_format) == full_parse(path, mbox_format).snapshot().listing
-            )
+            expected = tuple(full_parse(path, mbox_format).snapshot().listing)
+            assert listing(tmp_path, mbox_format) == expected, (op, argument)
 
 
 def _unended(message: bytes) -> bytes:

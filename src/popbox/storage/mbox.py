@@ -35,8 +35,8 @@ from popbox.storage.mbox_format import MBOX_FORMATS, MboxFormat, MessageStream, 
 from popbox.storage.mbox_index import FileStamp, after_rewrite, drop_index, load_parsed
 from popbox.storage.mbox_journal import recover_append
 from popbox.storage.mbox_lock import MboxLock
+from popbox.storage.mbox_records import MboxEntry, MboxSnapshot, Parsed
 from popbox.storage.mbox_rewrite import rewrite_without
-from popbox.storage.mbox_scan import MboxEntry, MboxSnapshot, Parsed
 from popbox.storage.threads import in_thread_owned
 
 __all__ = ["MboxMaildrop", "MboxStore"]
@@ -181,13 +181,15 @@ class MboxMaildrop:
         self._format: MboxFormat = mbox_format
         self._parsed = parsed  # for the index after UPDATE (storage/mbox_index.py)
         self._size = snapshot.size
-        self._listing = snapshot.listing
-        self._entries = {entry.info.key: entry for entry in snapshot.entries}
+        self._snapshot = snapshot
+        listing = self._listing = snapshot.listing
+        self._numbers = dict(zip(listing.keys, range(len(listing)), strict=True))
         # Only messages still present: entries of deleted ones go at the next write.
-        self._retrievals: dict[str, float] = {}
-        for entry in snapshot.entries:
-            if entry.info.first_retrieved is not None:
-                self._retrievals[entry.info.unique_id] = entry.info.first_retrieved
+        self._retrievals: dict[str, float] = {
+            unique_id: when
+            for unique_id, when in zip(listing.unique_ids, listing.first_retrieved, strict=True)
+            if when is not None
+        }
         self._closed = False
         self._updated = False
         # Worker-thread jobs that use the lock's descriptors: close() waits for them.
@@ -218,7 +220,7 @@ class MboxMaildrop:
     def _entry(self, key: str) -> MboxEntry:
         self._check_usable()
         # An unknown key is the caller's bug, not a vanished message.
-        return self._entries[key]
+        return self._snapshot.entry(self._numbers[key])
 
     async def read(self, key: str) -> AsyncGenerator[bytes, None]:
         """Yield the message (unquoted for mboxrd) in blocks of at most READ_BLOCK_SIZE.

@@ -29,9 +29,10 @@ parses everything. After our own UPDATE the index of the rewritten file is compu
 the old one (after_rewrite), so a session that deletes does not cost the next a parse.
 
 File format, version 1: a text line "popbox-mbox-index 1 <byte order>", a text line of
-the stamp and counts, then the records: five int64 per record (separator, record_end,
-start, end, octets) in the machine's byte order, each record's 32-digit header digest,
-and one line per record holding its X-UIDL value or nothing.
+the stamp, mbox_format and record count, then the records by column, so that loading is
+a few bulk operations (mbox_records.RecordColumns): seven int64 columns in the machine's
+byte order (separator, record_end, start, end, octets, fingerprint, folder data), the
+32-digit header digests, and one line per record holding its X-UIDL value or nothing.
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ import sys
 import tempfile
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from popbox.storage.mbox_cache import temp_prefix
 from popbox.storage.mbox_format import MboxFormat, is_separator_at
-from popbox.storage.mbox_scan import FINGERPRINT_SIZE, Parsed, Record, parse, parse_appended
-from popbox.storage.mbox_uidl import DIGEST_LENGTH, UidlCandidate
+from popbox.storage.mbox_records import FINGERPRINT_SIZE, Parsed, Record, RecordColumns
+from popbox.storage.mbox_scan import parse, parse_appended
+from popbox.storage.mbox_uidl import DIGEST_LENGTH
 
 __all__ = ["INDEX_SUFFIX", "FileStamp", "after_rewrite", "drop_index", "load_parsed"]
 
@@ -154,21 +157,23 @@ def _from_index(fd: int, stamp: FileStamp, mbox_format: MboxFormat, index: _Inde
     return parse_appended(fd, stamp.size, mbox_format, known)
 
 
-def _in_place(fd: int, records: tuple[Record, ...]) -> bool:
+def _in_place(fd: int, records: Sequence[Record]) -> bool:
     """Whether every record still starts, after an empty line, with the octets it was
-    indexed with (mbox_scan.fingerprint_at, inlined: this runs for every record)."""
+    indexed with (mbox_records.fingerprint, inlined: this runs for every record)."""
+    columns = RecordColumns.of(records)
     pread, digest = os.pread, hashlib.blake2b
     from_bytes = int.from_bytes
     try:
-        for record in records:
-            separator = record.separator
+        for separator, end, mark in zip(
+            columns.separators, columns.ends, columns.fingerprints, strict=True
+        ):
             before = 2 if separator >= 2 else separator
-            want = before + min(FINGERPRINT_SIZE, record.end - separator)
+            want = before + min(FINGERPRINT_SIZE, end - separator)
             data = pread(fd, want, separator - before)
             if len(data) != want or data[:before] != b"\n\n"[:before]:
                 return False
-            mark = digest(data[before:], digest_size=8).digest()
-            if from_bytes(mark, "little", signed=True) != record.fingerprint:
+            head = digest(data[before:], digest_size=8).digest()
+            if from_bytes(head, "little", signed=True) != mark:
                 return False
     except OSError:
         return False
@@ -227,28 +232,37 @@ def drop_index(path: str) -> None:
 
 def _encode(index: _Index) -> bytes:
     stamp, parsed = index.stamp, index.parsed
+    columns = RecordColumns.of(parsed.records)
     numbers = array("q")
-    digests: list[bytes] = []
-    x_uidls: list[bytes] = []
-    for record in parsed.records:
-        numbers.extend(
-            (
-                record.separator,
-                record.record_end,
-                record.start,
-                record.end,
-                record.octets,
-                record.fingerprint,
-                int(record.folder_data),
-            )
-        )
-        digests.append(record.candidate.digest.encode("ascii"))
-        x_uidls.append((record.candidate.x_uidl or "").encode("ascii") + b"\n")
+    for column in _numeric(columns):
+        numbers.extend(column)
+    x_uidls = "".join(f"{x_uidl or ''}\n" for x_uidl in columns.x_uidls)
     head = (
         f"{stamp.dev} {stamp.ino} {stamp.size} {stamp.mtime_ns} {stamp.ctime_ns} "
-        f"{stamp.taken_ns} {index.mbox_format} {len(parsed.records)}\n"
+        f"{stamp.taken_ns} {index.mbox_format} {len(columns)}\n"
     )
-    return b"".join([_MAGIC, head.encode("ascii"), numbers.tobytes(), *digests, *x_uidls])
+    return b"".join(
+        [
+            _MAGIC,
+            head.encode("ascii"),
+            numbers.tobytes(),
+            "".join(columns.digests).encode("ascii"),
+            x_uidls.encode("ascii"),
+        ]
+    )
+
+
+def _numeric(columns: RecordColumns) -> tuple[Sequence[int], ...]:
+    """The integer columns, in the file's order."""
+    return (
+        columns.separators,
+        columns.record_ends,
+        columns.starts,
+        columns.ends,
+        columns.octets,
+        columns.fingerprints,
+        columns.folder_data,
+    )
 
 
 def _decode(data: bytes) -> _Index | None:
@@ -270,10 +284,13 @@ def _decode(data: bytes) -> _Index | None:
     x_uidls = data[digests_end:].split(b"\n")
     if len(numbers) != count * _FIELDS or len(digests) != count * DIGEST_LENGTH:
         return None
-    if len(x_uidls) != count + 1 or x_uidls[-1] or not _DIGEST.fullmatch(digests):
+    if len(x_uidls) != count + 1 or x_uidls.pop() or not _DIGEST.fullmatch(digests):
         return None
-    separators, record_ends, starts, ends = (numbers[n::_FIELDS] for n in range(4))
-    octets, marks, folder_data = (numbers[n::_FIELDS] for n in range(4, _FIELDS))
+    if any(x_uidl and not _X_UIDL.fullmatch(x_uidl) for x_uidl in x_uidls):
+        return None
+    separators, record_ends, starts, ends, octets, marks, folder_data = (
+        numbers[n * count : (n + 1) * count] for n in range(_FIELDS)
+    )
     # Records follow each other from offset 0 to the end, each message within its own.
     if count and (separators[0] != 0 or separators[1:] != record_ends[:-1]):
         return None
@@ -285,29 +302,20 @@ def _decode(data: bytes) -> _Index | None:
         return None
     if not all(map(operator.le, ends, record_ends)) or not set(folder_data) <= {0, 1}:
         return None
-    if any(x_uidl and not _X_UIDL.fullmatch(x_uidl) for x_uidl in x_uidls):
-        return None
     text = digests.decode("ascii")
-    candidates = map(
-        UidlCandidate,
-        [x_uidl.decode("ascii") if x_uidl else None for x_uidl in x_uidls[:-1]],
+    columns = RecordColumns(
+        separators,
+        record_ends,
+        starts,
+        ends,
+        octets,
+        [x_uidl.decode("ascii") if x_uidl else None for x_uidl in x_uidls],
         [text[n : n + DIGEST_LENGTH] for n in range(0, len(text), DIGEST_LENGTH)],
-    )
-    records = tuple(
-        map(
-            Record,
-            separators,
-            record_ends,
-            starts,
-            ends,
-            octets,
-            candidates,
-            marks,
-            map(bool, folder_data),
-        )
+        marks,
+        folder_data,
     )
     stamp = FileStamp(dev, ino, size, mtime, ctime, taken)
-    return _Index(stamp, mbox_format, Parsed(size, records))
+    return _Index(stamp, mbox_format, Parsed(size, columns))
 
 
 def _read_index(path: str) -> _Index | None:

@@ -1,4 +1,4 @@
-"""The listing snapshot of an mbox: where each message lies, its size and its UIDL.
+"""Parsing an mbox: where each message lies, its size and its UIDL (storage/mbox_records.py).
 
 Two bulk passes over the file: find_separators() finds every record, then each record is
 read once in large blocks to find the end of its separator line, capture its header block
@@ -10,12 +10,8 @@ Everything here is blocking file work: call it from a worker thread.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
-from typing import Final, NamedTuple
 
-from popbox.storage.base import MessageInfo
 from popbox.storage.mbox_format import (
     SCAN_BLOCK_SIZE,
     MboxFormat,
@@ -23,125 +19,13 @@ from popbox.storage.mbox_format import (
     find_separators,
     pread_exact,
 )
-from popbox.storage.mbox_uidl import (
-    HEADER_LIMIT,
-    UidlCandidate,
-    assign_unique_ids,
-    header_end,
-    is_pseudo_message,
-    uidl_candidate,
-)
+from popbox.storage.mbox_records import FINGERPRINT_SIZE, Parsed, Record, fingerprint
+from popbox.storage.mbox_uidl import HEADER_LIMIT, header_end, is_pseudo_message, uidl_candidate
 from popbox.storage.octets import WireOctetCounter
 
-__all__ = [
-    "MboxEntry",
-    "MboxSnapshot",
-    "Parsed",
-    "Record",
-    "parse",
-    "parse_appended",
-    "take_snapshot",
-]
+__all__ = ["parse", "parse_appended"]
 
 logger = logging.getLogger(__name__)
-
-# Octets at the start of each record that the index (storage/mbox_index.py) compares, as a
-# fingerprint, to tell whether a record is still the one it indexed.
-FINGERPRINT_SIZE: Final = 512
-
-
-class MboxEntry(NamedTuple):
-    """One listed message and where it lies in the file.
-
-    record: [separator, record_end), the whole record: separator line, message, and the
-            empty line after it. Deleting the message removes exactly this range.
-    content: [start, end), the message itself (still quoted, for mboxrd).
-    """
-
-    info: MessageInfo
-    separator: int
-    record_end: int
-    start: int
-    end: int
-
-
-@dataclass(frozen=True, slots=True)
-class MboxSnapshot:
-    """The listing fixed at open time. `size` is the file size then: anything found beyond
-    it later was appended since, and is kept as it is at UPDATE."""
-
-    size: int
-    entries: tuple[MboxEntry, ...]
-
-    @property
-    def listing(self) -> tuple[MessageInfo, ...]:
-        return tuple(entry.info for entry in self.entries)
-
-
-class Record(NamedTuple):
-    """One record as parsed (and as storage/mbox_index.py keeps it): where it lies (see
-    MboxEntry), its octets on the wire and what it offers as its UIDL. (NamedTuples, like
-    MessageInfo: an index of 100,000 records is loaded at a login.)"""
-
-    separator: int
-    record_end: int
-    start: int
-    end: int
-    octets: int
-    candidate: UidlCandidate
-    fingerprint: int  # of its first octets: fingerprint()
-    folder_data: bool  # an X-IMAP field: UW IMAP's folder data, if it is the first record
-
-
-def fingerprint(head: bytes) -> int:
-    """A record's first FINGERPRINT_SIZE octets (separator line and the top of the header:
-    the delivery's time, Received fields, ids), as a signed 64-bit number."""
-    digest = hashlib.blake2b(head[:FINGERPRINT_SIZE], digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """The records of the first `size` octets of an mbox, in file order. `preamble`:
-    octets before the first separator (not mail: never listed, kept by every rewrite)."""
-
-    size: int
-    records: tuple[Record, ...]
-    preamble: int = 0
-
-    @property
-    def pseudo(self) -> bool:
-        """The first record is UW IMAP's folder data: kept in the file, never listed."""
-        return bool(self.records) and self.records[0].folder_data
-
-    def snapshot(self, retrievals: dict[str, float] | None = None) -> MboxSnapshot:
-        """The listing; `retrievals` maps UIDLs to first retrieval times (storage/
-        mbox_cache.py)."""
-        listed = self.records[1:] if self.pseudo else self.records
-        unique_ids = assign_unique_ids([record.candidate for record in listed])
-        times = retrievals or {}
-        entries = []
-        for record, unique_id in zip(listed, unique_ids, strict=True):
-            info = MessageInfo(
-                key=unique_id,
-                octets=record.octets,
-                unique_id=unique_id,
-                first_retrieved=times.get(unique_id),
-            )
-            entries.append(
-                MboxEntry(info, record.separator, record.record_end, record.start, record.end)
-            )
-        return MboxSnapshot(size=self.size, entries=tuple(entries))
-
-
-def take_snapshot(
-    fd: int, size: int, mbox_format: MboxFormat, retrievals: dict[str, float] | None = None
-) -> MboxSnapshot:
-    """Parse the first `size` octets of the mbox open at `fd`. Raises StoreError.
-
-    `retrievals` maps UIDLs to first retrieval times (the sidecar cache).
-    """
-    return parse(fd, size, mbox_format).snapshot(retrievals)
 
 
 def parse(fd: int, size: int, mbox_format: MboxFormat) -> Parsed:
@@ -163,7 +47,7 @@ def parse_appended(fd: int, size: int, mbox_format: MboxFormat, known: Parsed) -
     if separators[:1] != [known.size]:
         raise ValueError("parse_appended: no separator where the known records end")
     records = _measure_all(fd, size, separators, mbox_format)
-    return Parsed(size, known.records + tuple(records), known.preamble)
+    return Parsed(size, (*known.records, *records), known.preamble)
 
 
 def _measure_all(
