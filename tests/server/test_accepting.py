@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from popbox import pacing
-from popbox.server.accepting import BUSY_PER_TURN, PER_TURN, QUIET, EagerAcceptServer
+from popbox.server.accepting import EagerAcceptServer
+from popbox.server.start_queue import BUSY_PER_TURN, PER_TURN, QUIET
 
 
 def busy(peer: str) -> int:

@@ -18,7 +18,7 @@ from popbox.auth.throttle import LoginDelayTracker, LoginThrottle
 from popbox.metrics import ServerMetrics, current
 from popbox.protocol.session import SessionConfig
 from popbox.sasl.registry import CHANNEL_BINDING_MECHANISMS, MECHANISMS, PLAINTEXT_MECHANISMS
-from popbox.server.accepting import EagerAcceptServer
+from popbox.server.start_queue import StartQueue
 from popbox.server.tls import TlsManager
 from popbox.storage.base import MaildropStore
 
@@ -87,8 +87,8 @@ class ServerContext:
     metrics: ServerMetrics = field(default_factory=current)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
-    # The listeners' queues of connections waiting to start (server/accepting.py).
-    accept_queues: list[EagerAcceptServer] = field(default_factory=list)
+    # The listeners' queues of connections waiting to start (server/start_queue.py).
+    accept_queues: list[StartQueue] = field(default_factory=list)
     # Shutdown past shutdown_timeout: sessions waiting for a command (their wake-up events
     # are in `idle`) are told -ERR [SYS/TEMP] and closed, without UPDATE.
     closing: bool = False
