@@ -277,6 +277,33 @@ def tls_greeting_in_one_segment(
         sock.close()
 
 
+def test_a_flood_relayed_by_the_proxy_waits_its_turn_by_client_address(
+    popbox: Starter,
+) -> None:
+    """1,000 connections relayed by the proxy for 20 flooding clients (50 each), then one
+    from a client with nothing open: once its header names it, it starts ahead of the
+    flood's waiting connections (server/start_queue.py, as on other listeners), not after
+    every one of them, as it did when each header started its session at once. All are
+    connected first, then the headers sent back to back: the proxy relays a burst."""
+    server = popbox(USERS, MAIL, extra=proxy_listener())
+    flood = [socket.create_connection(destination(server)) for _ in range(1000)]
+    honest = socket.create_connection(destination(server))
+    for n, sock in enumerate(flood):
+        sock.sendall(v1((f"10.1.0.{n % 20 + 1}", 40000 + n), destination(server)))
+    honest.sendall(v1(CLIENT, destination(server)))
+    for sock in [honest, *flood]:
+        sock.settimeout(30)
+        assert sock.recv(100).startswith(b"+OK POP3 server ready <")
+    server.log.wait_count(r"connect client=10\.1\.0\.", 1000)
+    starts = [line for line in server.log.lines if "connect client=" in line]
+    first = next(n for n, line in enumerate(starts) if "client=203.0.113.7 " in line)
+    assert len(starts) - 1 - first >= 100, f"{len(starts) - 1 - first} flood sessions after"
+    honest.sendall(b"QUIT\r\n")
+    assert honest.recv(100).startswith(b"+OK")
+    for sock in [honest, *flood]:
+        sock.close()
+
+
 def test_implicit_tls_after_the_header(popbox: Starter, tls_files: TlsFiles) -> None:
     extra = 'plaintext = "never"\n' + tls_files.toml + proxy_listener("implicit")
     server = popbox(USERS, MAIL, extra=extra)

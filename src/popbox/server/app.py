@@ -106,17 +106,22 @@ async def start_listener(
     # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first (after the
     # PROXY header, on a proxy_protocol listener).
     tls = ctx.tls.listener_context if implicit and ctx.tls else None
-    if listener.proxy_protocol:
-        proxied = ProxyProtocolServer(ctx, listener, tls, entry.sock)
-        await proxied.start()
-        return proxied
     # Connections waiting to start hold a descriptor each (in the kernel's queue they held
     # none): a quarter of the limit at most, so that sessions can still open maildrops.
     waiting_room = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+
+    def max_waiting() -> int:
+        return min(ctx.policy.max_connections, waiting_room)
+
+    if listener.proxy_protocol:
+        proxied = ProxyProtocolServer(ctx, listener, tls, entry.sock, max_waiting=max_waiting)
+        await proxied.start()
+        ctx.accept_queues.append(proxied.queue)
+        return proxied
     server = EagerAcceptServer(
         entry.sock,
         functools.partial(start_session, ctx, listener.tls, tls),
-        max_waiting=lambda: min(ctx.policy.max_connections, waiting_room),
+        max_waiting=max_waiting,
         on_dropped=ctx.metrics.closed_unstarted,
         open_from=ctx.per_ip.__getitem__,
         busy=ctx.busy,

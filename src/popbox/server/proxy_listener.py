@@ -6,10 +6,11 @@ only accept the header from trusted proxies (section 5). So these listeners acce
 their own sockets instead of asyncio's create_server (whose transports start reading and
 would swallow the octets after the header): the peer is checked against trusted_proxies,
 the header is read with MSG_PEEK and then exactly its length consumed (the spec's own
-sample code does the same), and only then does the socket become a transport, through
-loop.connect_accepted_socket, which runs the implicit-TLS handshake on the octets that
-follow the header just as create_server(ssl=...) would. Anything else closes the
-connection before a single octet is sent.
+sample code does the same). Only then, once its turn in the start queue comes (by the
+client's address, as on other listeners: server/start_queue.py), does the socket become a
+transport, through loop.connect_accepted_socket, which runs the implicit-TLS handshake on
+the octets that follow the header just as create_server(ssl=...) would. Anything else
+closes the connection before a single octet is sent.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+from popbox import pacing
 from popbox.config.model import ListenConfig
 from popbox.server.accepting import ACCEPT_RETRY_DELAY, RETRY_AT_ONCE
 from popbox.server.connection import Pop3Connection
@@ -42,6 +45,7 @@ from popbox.server.proxy_header import (
     Transport,
     parse_proxy_header,
 )
+from popbox.server.start_queue import StartQueue
 
 log = logging.getLogger("popbox.session")
 
@@ -136,6 +140,8 @@ class ProxyProtocolServer:
         listener: ListenConfig,
         tls: ssl.SSLContext | None,
         sock: socket.socket,
+        *,
+        max_waiting: Callable[[], int],
     ) -> None:
         self._ctx = ctx
         self._listener = listener
@@ -144,6 +150,19 @@ class ProxyProtocolServer:
         # Bound and listening already (server/listeners.py), maybe shared with workers.
         self.sockets: list[socket.socket] = [sock]
         self._tasks: set[asyncio.Task[None]] = set()  # accept loops and pending headers
+        # Once its header has named the client, a connection waits its turn to start, by
+        # the client's address as on other listeners: a flood relayed by the proxy then
+        # delays a client from elsewhere by a few loop turns, not by the whole flood.
+        self.queue = StartQueue(
+            self._start,
+            max_waiting=max_waiting,
+            on_dropped=ctx.metrics.closed_unstarted,
+            open_from=ctx.per_ip.__getitem__,
+            busy=ctx.busy,
+        )
+        self._clients: weakref.WeakKeyDictionary[socket.socket, ProxiedClient] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def start(self) -> None:
         for sock in self.sockets:
@@ -162,9 +181,11 @@ class ProxyProtocolServer:
             task.cancel()
         for sock in self.sockets:
             sock.close()
+        self.queue.close_waiting()
 
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.queue.wait_closed()
 
     async def _accept(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -181,7 +202,8 @@ class ProxyProtocolServer:
             self._spawn(self._handshake(sock, str(address[0])))
 
     async def _handshake(self, sock: socket.socket, peer: str) -> None:
-        """Trusted peer, header, then the POP3 connection (after TLS on implicit ports)."""
+        """Trusted peer, header, then the start queue (server/start_queue.py) by the
+        client's address."""
         try:
             sock.setblocking(False)
             proxied = await self._proxied(sock, peer)
@@ -191,6 +213,17 @@ class ProxyProtocolServer:
         if proxied is None:
             sock.close()  # section 2.1: "abort the connection as soon as possible"
             return
+        self._clients[sock] = proxied
+        self.queue.put(sock, proxied.address)
+
+    async def _start(self, sock: socket.socket, peer: str) -> None:
+        """A connection's turn (StartQueue): the POP3 connection, after TLS on implicit
+        ports."""
+        proxied = self._clients.pop(sock)
+        if self._ctx.busy(peer):
+            await pacing.step()  # a flood's sessions start as background work
+        else:
+            pacing.foreground()
         factory = functools.partial(Pop3Connection, self._ctx, self._listener.tls, proxied)
         try:
             # From here the transport owns the socket, and closes it on failure.
