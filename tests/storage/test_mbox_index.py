@@ -175,6 +175,23 @@ def test_appended_mail_is_the_only_part_parsed(
     assert index_of(path) == full_parse(path)
 
 
+def test_a_separator_that_is_no_longer_one_means_a_full_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The empty line before the second record became "x" (same size, every record's
+    first octets as they were): "From " there is body text now, and two records are one."""
+    path = write(tmp_path, MESSAGES[:3])
+    listing(tmp_path)
+    data = path.read_bytes()
+    second = data.index(b"\n\nFrom ") + 1
+    path.write_bytes(data[:second] + b"x" + data[second + 1 :])
+    calls = Calls(monkeypatch)
+    after = listing(tmp_path)
+    assert (calls.full, calls.appended) == (1, [])
+    assert after == tuple(full_parse(path).snapshot().listing)
+    assert len(after) == 2
+
+
 def test_an_edit_that_moves_a_separator_means_a_full_parse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

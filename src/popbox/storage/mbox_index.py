@@ -68,6 +68,8 @@ _STAMP = re.compile(rb"(\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (mboxo|mboxrd) (\d+)\
 _X_UIDL = re.compile(rb"[\x21-\x7e]{1,70}")
 _DIGEST = re.compile(rb"[0-9a-f]*")
 _MODE: Final = 0o600
+# Octets read at once when checking records (_in_place): a few small messages' worth.
+VERIFY_BLOCK: Final = 64 * 1024
 # Refuse to load an index larger than this (some ten million messages): it is not ours.
 _MAX_INDEX_SIZE: Final = 1024 * 1024 * 1024
 
@@ -159,21 +161,26 @@ def _from_index(fd: int, stamp: FileStamp, mbox_format: MboxFormat, index: _Inde
 
 def _in_place(fd: int, records: Sequence[Record]) -> bool:
     """Whether every record still starts, after an empty line, with the octets it was
-    indexed with (mbox_records.fingerprint, inlined: this runs for every record)."""
+    indexed with (mbox_records.fingerprint, inlined: this runs for every record). The
+    file is read in blocks of VERIFY_BLOCK, so that small messages share a read."""
     columns = RecordColumns.of(records)
     pread, digest = os.pread, hashlib.blake2b
     from_bytes = int.from_bytes
+    block, block_start = b"", 0
     try:
         for separator, end, mark in zip(
             columns.separators, columns.ends, columns.fingerprints, strict=True
         ):
-            before = 2 if separator >= 2 else separator
-            want = before + min(FINGERPRINT_SIZE, end - separator)
-            data = pread(fd, want, separator - before)
-            if len(data) != want or data[:before] != b"\n\n"[:before]:
+            start = separator - 2 if separator >= 2 else 0
+            stop = separator + min(FINGERPRINT_SIZE, end - separator)
+            if stop - block_start > len(block) or start < block_start:
+                block, block_start = pread(fd, max(VERIFY_BLOCK, stop - start), start), start
+                if stop - block_start > len(block):
+                    return False  # the file is shorter now
+            if separator >= 2 and block[start - block_start : separator - block_start] != b"\n\n":
                 return False
-            head = digest(data[before:], digest_size=8).digest()
-            if from_bytes(head, "little", signed=True) != mark:
+            head = block[separator - block_start : stop - block_start]
+            if from_bytes(digest(head, digest_size=8).digest(), "little", signed=True) != mark:
                 return False
     except OSError:
         return False

@@ -104,6 +104,21 @@ class RecordColumns(Sequence[Record]):
         x_uidls, digests = zip(*candidates, strict=True)
         return cls(separators, record_ends, starts, ends, octets, x_uidls, digests, marks, folder)
 
+    def extended(self, records: Sequence[Record]) -> RecordColumns:
+        """These records, then `records`, by column (no Record is built for these)."""
+        more = RecordColumns.of(records)
+        return RecordColumns(
+            [*self.separators, *more.separators],
+            [*self.record_ends, *more.record_ends],
+            [*self.starts, *more.starts],
+            [*self.ends, *more.ends],
+            [*self.octets, *more.octets],
+            [*self.x_uidls, *more.x_uidls],
+            [*self.digests, *more.digests],
+            [*self.fingerprints, *more.fingerprints],
+            [*self.folder_data, *more.folder_data],
+        )
+
     def __len__(self) -> int:
         return len(self.separators)
 

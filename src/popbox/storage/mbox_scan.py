@@ -19,7 +19,13 @@ from popbox.storage.mbox_format import (
     find_separators,
     pread_exact,
 )
-from popbox.storage.mbox_records import FINGERPRINT_SIZE, Parsed, Record, fingerprint
+from popbox.storage.mbox_records import (
+    FINGERPRINT_SIZE,
+    Parsed,
+    Record,
+    RecordColumns,
+    fingerprint,
+)
 from popbox.storage.mbox_uidl import HEADER_LIMIT, header_end, is_pseudo_message, uidl_candidate
 from popbox.storage.octets import WireOctetCounter
 
@@ -47,7 +53,7 @@ def parse_appended(fd: int, size: int, mbox_format: MboxFormat, known: Parsed) -
     if separators[:1] != [known.size]:
         raise ValueError("parse_appended: no separator where the known records end")
     records = _measure_all(fd, size, separators, mbox_format)
-    return Parsed(size, (*known.records, *records), known.preamble)
+    return Parsed(size, RecordColumns.of(known.records).extended(records), known.preamble)
 
 
 def _measure_all(
