@@ -245,6 +245,12 @@ def test_a_damaged_index_is_logged_and_replaced(
     index_path.write_bytes(b"popbox-mbox-index 1 little\nnot a stamp\n")
     assert listing(tmp_path) == good
     assert index_of(path) == full_parse(path)
+    # Far bigger than any index of this mbox could be: not read whole, not used.
+    index_path.write_bytes(index_path.read_bytes() + b"\n" * 1_000_000)
+    caplog.clear()
+    assert listing(tmp_path) == good
+    assert "ignoring mbox index" in caplog.text
+    assert index_path.stat().st_size < 1000
 
 
 def test_update_indexes_the_rewritten_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,6 +72,11 @@ _MODE: Final = 0o600
 VERIFY_BLOCK: Final = 64 * 1024
 # Refuse to load an index larger than this (some ten million messages): it is not ours.
 _MAX_INDEX_SIZE: Final = 1024 * 1024 * 1024
+# An index for an mbox of S octets is at most this big: S // 7 records (a record is at
+# least "From \n\n"), each 56 octets of numbers, a 32-digit digest and an X-UIDL line of
+# at most 71, after a header line. A larger file is not ours, and is not read whole.
+_HEAD_ROOM: Final = 4096
+_PER_RECORD: Final = 7 * 8 + 32 + 71
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +130,7 @@ def load_parsed(fd: int, path: str, stamp: FileStamp, mbox_format: MboxFormat) -
     """The records of the locked mbox open at `fd` (of `stamp.size` octets), from its index
     as far as it can be trusted, by parsing otherwise; the index is written again when it
     changed. Raises StoreError (from parsing); a bad or unwritable index is logged."""
-    index = _read_index(path)
+    index = _read_index(path, _HEAD_ROOM + (stamp.size // 7 + 1) * _PER_RECORD)
     parsed = _from_index(fd, stamp, mbox_format, index) if index is not None else None
     if index is not None and parsed is index.parsed:
         if index.stamp.unchanged(stamp):
@@ -325,7 +330,9 @@ def _decode(data: bytes) -> _Index | None:
     return _Index(stamp, mbox_format, Parsed(size, columns))
 
 
-def _read_index(path: str) -> _Index | None:
+def _read_index(path: str, limit: int = _MAX_INDEX_SIZE) -> _Index | None:
+    """The index of the mbox at `path`, if it is one we wrote and at most `limit` octets."""
+    limit = min(limit, _MAX_INDEX_SIZE)
     index_path = path + INDEX_SUFFIX
     try:
         fd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -336,11 +343,11 @@ def _read_index(path: str) -> _Index | None:
         return None
     try:
         with os.fdopen(fd, "rb") as file:
-            data = file.read(_MAX_INDEX_SIZE + 1)
+            data = file.read(limit + 1)
     except OSError as exc:
         logger.warning("cannot read mbox index %r: %s", index_path, exc)
         return None
-    index = _decode(data) if len(data) <= _MAX_INDEX_SIZE else None
+    index = _decode(data) if len(data) <= limit else None
     if index is None:
         logger.warning("ignoring mbox index %r: not in our format; parsing the mbox", index_path)
     return index
