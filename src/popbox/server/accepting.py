@@ -19,15 +19,9 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from typing import Unpack
 
-from popbox.server.start_queue import (
-    BUSY_PER_TURN,
-    PER_TURN,
-    Starter,
-    StartQueue,
-    never_busy,
-    nothing_open,
-)
+from popbox.server.start_queue import Starter, StartOptions, StartQueue
 
 __all__ = ["ACCEPT_RETRY_DELAY", "RETRY_AT_ONCE", "EagerAcceptServer"]
 
@@ -63,21 +57,9 @@ class EagerAcceptServer(StartQueue):
         start: Starter,
         *,
         max_waiting: Callable[[], int],
-        per_turn: int = PER_TURN,
-        busy_per_turn: int = BUSY_PER_TURN,
-        on_dropped: Callable[[str], None] | None = None,
-        open_from: Callable[[str], int] = nothing_open,
-        busy: Callable[[str], bool] = never_busy,
+        **options: Unpack[StartOptions],
     ) -> None:
-        super().__init__(
-            start,
-            max_waiting=max_waiting,
-            per_turn=per_turn,
-            busy_per_turn=busy_per_turn,
-            on_dropped=on_dropped,
-            open_from=open_from,
-            busy=busy,
-        )
+        super().__init__(start, max_waiting=max_waiting, **options)
         self.sockets = [sock]
         self._sock = sock
         self._paused: asyncio.TimerHandle | None = None

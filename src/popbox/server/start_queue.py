@@ -32,7 +32,7 @@ import collections
 import contextlib
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypedDict
 
 from popbox import pacing
 
@@ -51,6 +51,16 @@ RESETS_PER_TURN = 64
 QUIET = 2
 
 Starter = Callable[[socket.socket, str], Coroutine[Any, Any, None]]
+
+
+class StartOptions(TypedDict, total=False):
+    """StartQueue's keyword arguments but max_waiting (for classes built on it)."""
+
+    per_turn: int
+    busy_per_turn: int
+    on_dropped: Callable[[str], None] | None
+    open_from: Callable[[str], int]
+    busy: Callable[[str], bool]
 
 
 def nothing_open(peer: str) -> int:
