@@ -24,7 +24,14 @@ import tempfile
 from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["CACHE_SUFFIX", "load_retrievals", "save_retrievals", "temp_prefix"]
+__all__ = [
+    "CACHE_SUFFIX",
+    "load_retrievals",
+    "read_beside",
+    "replace_beside",
+    "save_retrievals",
+    "temp_prefix",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,21 +51,48 @@ def temp_prefix(mbox_path: str) -> str:
     return f".{os.path.basename(mbox_path)}.popbox-tmp."
 
 
-def load_retrievals(mbox_path: str) -> dict[str, float]:
-    """The cache for this mbox; empty if there is none or it cannot be read."""
-    path = mbox_path + CACHE_SUFFIX
+def read_beside(path: str, limit: int, what: str) -> bytes | None:
+    """Up to `limit` + 1 octets of our file `path` next to an mbox (no symlink followed);
+    None if there is none, or if it cannot be read (logged, naming it `what`)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        return {}
+        return None
     except OSError as exc:
-        logger.warning("cannot open retrieval cache %r: %s", path, exc)
-        return {}
+        logger.warning("cannot open %s %r: %s", what, path, exc)
+        return None
     try:
         with os.fdopen(fd, "rb") as file:
-            data = file.read(_MAX_CACHE_SIZE + 1)
+            return file.read(limit + 1)
     except OSError as exc:
-        logger.warning("cannot read retrieval cache %r: %s", path, exc)
+        logger.warning("cannot read %s %r: %s", what, path, exc)
+        return None
+
+
+def replace_beside(mbox_path: str, path: str, data: bytes, *, durable: bool) -> None:
+    """Make `data` our file `path` next to the mbox: a temporary file (mode 0600, fsynced
+    if `durable`) renamed over it, so a crash leaves the old file or the new one. Raises
+    OSError, leaving nothing behind."""
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=temp_prefix(mbox_path))
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), _CACHE_MODE)
+            file.write(data)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def load_retrievals(mbox_path: str) -> dict[str, float]:
+    """The cache for this mbox; empty if there is none or it cannot be read."""
+    path = mbox_path + CACHE_SUFFIX
+    data = read_beside(path, _MAX_CACHE_SIZE, "retrieval cache")
+    if data is None:
         return {}
     if not data.startswith(_VERSION_LINE) or len(data) > _MAX_CACHE_SIZE:
         logger.warning("ignoring retrieval cache %r: not in our format", path)
@@ -82,16 +116,4 @@ def save_retrievals(mbox_path: str, times: Mapping[str, float]) -> None:
         return
     lines = [_VERSION_LINE]
     lines.extend(f"{uid} {when:.6f}\n".encode("ascii") for uid, when in times.items())
-    directory = os.path.dirname(path) or "."
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(mbox_path))
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), _CACHE_MODE)
-            file.write(b"".join(lines))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    replace_beside(mbox_path, path, b"".join(lines), durable=True)

@@ -37,23 +37,26 @@ byte order (separator, record_end, start, end, octets, fingerprint, folder data)
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import operator
 import os
 import re
 import sys
-import tempfile
 import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from popbox.storage.mbox_cache import temp_prefix
+from popbox.storage.mbox_cache import read_beside, replace_beside
 from popbox.storage.mbox_format import MboxFormat, is_separator_at
-from popbox.storage.mbox_records import FINGERPRINT_SIZE, Parsed, Record, RecordColumns
+from popbox.storage.mbox_records import (
+    FINGERPRINT_SIZE,
+    Parsed,
+    Record,
+    RecordColumns,
+    fingerprint,
+)
 from popbox.storage.mbox_scan import parse, parse_appended
 from popbox.storage.mbox_uidl import DIGEST_LENGTH
 
@@ -67,7 +70,6 @@ _FIELDS: Final = 7  # int64 per record
 _STAMP = re.compile(rb"(\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (mboxo|mboxrd) (\d+)\n")
 _X_UIDL = re.compile(rb"[\x21-\x7e]{1,70}")
 _DIGEST = re.compile(rb"[0-9a-f]*")
-_MODE: Final = 0o600
 # Octets read at once when checking records (_in_place): a few small messages' worth.
 VERIFY_BLOCK: Final = 64 * 1024
 # Refuse to load an index larger than this (some ten million messages): it is not ours.
@@ -166,11 +168,9 @@ def _from_index(fd: int, stamp: FileStamp, mbox_format: MboxFormat, index: _Inde
 
 def _in_place(fd: int, records: Sequence[Record]) -> bool:
     """Whether every record still starts, after an empty line, with the octets it was
-    indexed with (mbox_records.fingerprint, inlined: this runs for every record). The
-    file is read in blocks of VERIFY_BLOCK, so that small messages share a read."""
+    indexed with (their fingerprint). The file is read in blocks of VERIFY_BLOCK, so that
+    small messages share a read."""
     columns = RecordColumns.of(records)
-    pread, digest = os.pread, hashlib.blake2b
-    from_bytes = int.from_bytes
     block, block_start = b"", 0
     try:
         for separator, end, mark in zip(
@@ -179,13 +179,12 @@ def _in_place(fd: int, records: Sequence[Record]) -> bool:
             start = separator - 2 if separator >= 2 else 0
             stop = separator + min(FINGERPRINT_SIZE, end - separator)
             if stop - block_start > len(block) or start < block_start:
-                block, block_start = pread(fd, max(VERIFY_BLOCK, stop - start), start), start
+                block, block_start = os.pread(fd, max(VERIFY_BLOCK, stop - start), start), start
                 if stop - block_start > len(block):
                     return False  # the file is shorter now
             if separator >= 2 and block[start - block_start : separator - block_start] != b"\n\n":
                 return False
-            head = block[separator - block_start : stop - block_start]
-            if from_bytes(digest(head, digest_size=8).digest(), "little", signed=True) != mark:
+            if fingerprint(block[separator - block_start : stop - block_start]) != mark:
                 return False
     except OSError:
         return False
@@ -208,15 +207,11 @@ def after_rewrite(
             shift += record.record_end - record.separator
             continue
         records.append(
-            Record(
-                record.separator - shift,
-                record.record_end - shift,
-                record.start - shift,
-                record.end - shift,
-                record.octets,
-                record.candidate,
-                record.fingerprint,
-                record.folder_data,
+            record._replace(
+                separator=record.separator - shift,
+                record_end=record.record_end - shift,
+                start=record.start - shift,
+                end=record.end - shift,
             )
         )
     try:
@@ -334,18 +329,8 @@ def _read_index(path: str, limit: int = _MAX_INDEX_SIZE) -> _Index | None:
     """The index of the mbox at `path`, if it is one we wrote and at most `limit` octets."""
     limit = min(limit, _MAX_INDEX_SIZE)
     index_path = path + INDEX_SUFFIX
-    try:
-        fd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        logger.warning("cannot open mbox index %r: %s", index_path, exc)
-        return None
-    try:
-        with os.fdopen(fd, "rb") as file:
-            data = file.read(limit + 1)
-    except OSError as exc:
-        logger.warning("cannot read mbox index %r: %s", index_path, exc)
+    data = read_beside(index_path, limit, "mbox index")
+    if data is None:
         return None
     index = _decode(data) if len(data) <= limit else None
     if index is None:
@@ -354,20 +339,8 @@ def _read_index(path: str, limit: int = _MAX_INDEX_SIZE) -> _Index | None:
 
 
 def _write_index(path: str, index: _Index) -> None:
-    """Replace the index (temporary file, then rename: a crash leaves the old one or the
-    new one). Not fsynced: it is a cache, and a lost one only costs a parse."""
-    index_path = path + INDEX_SUFFIX
+    """Replace the index. Not fsynced: it is a cache, and a lost one only costs a parse."""
     try:
-        fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=temp_prefix(path))
+        replace_beside(path, path + INDEX_SUFFIX, _encode(index), durable=False)
     except OSError as exc:
-        logger.warning("cannot write mbox index %r: %s", index_path, exc)
-        return
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), _MODE)
-            file.write(_encode(index))
-        os.replace(temp, index_path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        logger.warning("cannot write mbox index %r: %s", index_path, exc)
+        logger.warning("cannot write mbox index %r: %s", path + INDEX_SUFFIX, exc)
