@@ -11,11 +11,9 @@ import pickle
 import resource
 import signal
 import socket
-import ssl
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from popbox import pacing
 from popbox.config import Config
 from popbox.db.startup import close_backends
 from popbox.delivery.lmtp import LmtpServer, start_lmtp
@@ -23,19 +21,16 @@ from popbox.metrics import served_by_master, start_metrics_server
 from popbox.server import collector, sdnotify
 from popbox.server.accepting import EagerAcceptServer
 from popbox.server.assembly import apply_config, make_context
-from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
-    TLS_HANDSHAKE_TIMEOUT,
     ServerContext,
 )
 from popbox.server.descriptors import reserve_descriptor_table
 from popbox.server.listeners import Listeners, PopSocket
 from popbox.server.proxy_listener import ProxyProtocolServer
 from popbox.server.reload import reload_config
+from popbox.server.starting import start_session
 
 log = logging.getLogger("popbox.server")
-
-session_log = logging.getLogger("popbox.session")
 
 
 async def serve(
@@ -222,31 +217,6 @@ async def drain(
     for server in servers:
         await server.wait_closed()
     await close_backends(ctx.store, ctx.authenticator)  # this process's database pools
-
-
-async def start_session(
-    ctx: ServerContext,
-    tls_mode: str,
-    tls: ssl.SSLContext | None,
-    sock: socket.socket,
-    peer: str,
-) -> None:
-    """An accepted connection becomes a POP3 session (after the handshake, on an
-    implicit-TLS port: RFC 8314 section 3.3)."""
-    if ctx.busy(peer):
-        await pacing.step()  # a flood's sessions start as background work
-    else:
-        pacing.foreground()
-    try:
-        # From here the transport owns the socket, and closes it on failure.
-        await asyncio.get_running_loop().connect_accepted_socket(
-            functools.partial(Pop3Connection, ctx, tls_mode, peer=peer),
-            sock,
-            ssl=tls,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls is not None else None,
-        )
-    except (OSError, TimeoutError) as error:
-        session_log.info("tls handshake failed client=%s: %s", peer, error)
 
 
 async def start_delivery(config: Config, ctx: ServerContext, sock: socket.socket) -> LmtpServer:

@@ -16,7 +16,6 @@ closes the connection before a single octet is sent.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
 import socket
@@ -25,13 +24,10 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from popbox import pacing
 from popbox.config.model import ListenConfig
 from popbox.server.accepting import ACCEPT_RETRY_DELAY, RETRY_AT_ONCE
-from popbox.server.connection import Pop3Connection
 from popbox.server.context import (
     PROXY_HEADER_TIMEOUT,
-    TLS_HANDSHAKE_TIMEOUT,
     ProxiedClient,
     ServerContext,
 )
@@ -46,6 +42,7 @@ from popbox.server.proxy_header import (
     parse_proxy_header,
 )
 from popbox.server.start_queue import StartQueue
+from popbox.server.starting import start_session
 
 log = logging.getLogger("popbox.session")
 
@@ -217,26 +214,9 @@ class ProxyProtocolServer:
         self.queue.put(sock, proxied.address)
 
     async def _start(self, sock: socket.socket, peer: str) -> None:
-        """A connection's turn (StartQueue): the POP3 connection, after TLS on implicit
-        ports."""
+        """A connection's turn (StartQueue)."""
         proxied = self._clients.pop(sock)
-        if self._ctx.busy(peer):
-            await pacing.step()  # a flood's sessions start as background work
-        else:
-            pacing.foreground()
-        factory = functools.partial(Pop3Connection, self._ctx, self._listener.tls, proxied)
-        try:
-            # From here the transport owns the socket, and closes it on failure.
-            await asyncio.get_running_loop().connect_accepted_socket(
-                factory,
-                sock,
-                ssl=self._tls,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self._tls else None,
-            )
-        except (OSError, TimeoutError) as error:
-            log.info(
-                "tls handshake failed client=%s%s: %s", proxied.address, proxied.log_suffix, error
-            )
+        await start_session(self._ctx, self._listener.tls, self._tls, sock, peer, proxied)
 
     async def _proxied(self, sock: socket.socket, peer: str) -> ProxiedClient | None:
         """The client the header names, or None (logged) when the connection must close."""
