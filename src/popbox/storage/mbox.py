@@ -180,9 +180,8 @@ class MboxMaildrop:
         self._stamp = stamp
         self._format: MboxFormat = mbox_format
         self._parsed = parsed  # for the index after UPDATE (storage/mbox_index.py)
-        self._size = snapshot.size
         self._snapshot = snapshot
-        listing = self._listing = snapshot.listing
+        listing = snapshot.listing
         self._numbers = dict(zip(listing.keys, range(len(listing)), strict=True))
         # Only messages still present: entries of deleted ones go at the next write.
         self._retrievals: dict[str, float] = {
@@ -201,11 +200,11 @@ class MboxMaildrop:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "locked"
-        return f"<MboxMaildrop {self.path!r} {len(self._listing)} messages {state}>"
+        return f"<MboxMaildrop {self.path!r} {len(self._snapshot.listing)} messages {state}>"
 
     @property
     def listing(self) -> Sequence[MessageInfo]:
-        return self._listing
+        return self._snapshot.listing
 
     @property
     def closed(self) -> bool:
@@ -261,7 +260,7 @@ class MboxMaildrop:
         self._updated = True
         ranges = [(entry.separator, entry.record_end) for entry in entries]
         rewrite = partial(
-            _rewrite_and_index, self._lock, self._format, self._parsed, self._size, ranges
+            _rewrite_and_index, self._lock, self._format, self._parsed, self._snapshot.size, ranges
         )
         try:
             await self._in_worker(rewrite)
