@@ -17,7 +17,7 @@ import pytest
 
 from popbox import pacing
 from popbox.server.accepting import EagerAcceptServer
-from popbox.server.start_queue import BUSY_PER_TURN, PER_TURN, QUIET
+from popbox.server.start_queue import BUSY_PER_TURN, MAX_PACED, PER_TURN, QUIET
 
 
 def busy(peer: str) -> int:
@@ -251,6 +251,84 @@ def test_one_flood_start_a_turn_while_a_quiet_client_is_served(
             [n + offset for n in range(PER_TURN // 2) for offset in (0, PER_TURN)],
             [n + offset for n in range(PER_TURN // 2, PER_TURN) for offset in (0, PER_TURN)],
         ]
+    each_received(clients, b"+OK\r\n")
+
+
+def test_a_flood_whose_first_connections_went_express_does_not_hold_a_quiet_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A botnet's addresses had nothing open: each one's first connection came to the
+    express line, its others behind it in the rotation. Once they are busy, those first
+    connections are the flood's like the others, and a quiet client that came after
+    them starts first while a quiet client is served (starts of busy addresses paced)."""
+    monkeypatch.setattr(pacing, "_PACER", pacing.Pacer())
+    pacing.foreground()
+    sock = listening()
+    flood = [c for n in range(8) for c in connect(sock, 4, f"127.0.1.{n + 1}")]
+    quiet = connect(sock, 1, "127.0.0.3")  # client 32
+    clients = flood + quiet
+    recorder = Recorder(clients)
+    servers: list[EagerAcceptServer] = []
+
+    def flooding(peer: str) -> bool:  # ServerContext.busy with BUSY = 3, nothing open
+        return servers[0].waiting_from(peer) >= 3
+
+    async def main() -> None:
+        server = EagerAcceptServer(sock, recorder, max_waiting=lambda: 100, busy=flooding)
+        servers.append(server)
+        server.start_serving()
+        await run_turns(recorder, lambda: len(recorder.started) == len(clients))
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    order = [index for _, index in recorder.started]
+    assert order[0] == 32, order
+    # Each flood address's connections start oldest first, its express one included.
+    for n in range(8):
+        mine = [index for index in order if 4 * n <= index < 4 * n + 4]
+        assert mine == [4 * n, 4 * n + 1, 4 * n + 2, 4 * n + 3], order
+    each_received(clients, b"+OK\r\n")
+
+
+def test_no_flood_starts_while_background_work_is_backed_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each started flood session is work for the pacer (pacing.py); past MAX_PACED
+    steps waiting, the flood's connections stay unstarted (a socket each, not a session
+    the garbage collector must walk) and quiet clients still start."""
+    monkeypatch.setattr(pacing, "_PACER", pacing.Pacer())
+    pacing.foreground()
+    backlog = [MAX_PACED]
+    monkeypatch.setattr(pacing, "waiting", lambda: backlog[0])
+    sock = listening()
+    flood = connect(sock, 4, "127.0.0.2")  # clients 0-3, a busy address
+    quiet = [c for n in range(2) for c in connect(sock, 1, f"127.0.2.{n + 1}")]  # 4, 5
+    clients = flood + quiet
+    recorder = Recorder(clients)
+    waiting: list[int] = []
+
+    async def main() -> None:
+        server = EagerAcceptServer(
+            sock,
+            recorder,
+            max_waiting=lambda: 100,
+            open_from=lambda peer: QUIET if peer == "127.0.0.2" else 0,
+            busy=lambda peer: peer == "127.0.0.2",
+        )
+        server.start_serving()
+        await run_turns(recorder, lambda: len(recorder.started) == 2)
+        for _ in range(20):  # the backlog stays: no flood start, however many turns
+            await asyncio.sleep(0)
+        waiting.append(server.waiting)
+        backlog[0] = MAX_PACED - 1
+        await run_turns(recorder, lambda: len(recorder.started) == len(clients))
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert waiting == [4]
+    assert [index for _, index in recorder.started] == [4, 5, 0, 1, 2, 3]
     each_received(clients, b"+OK\r\n")
 
 

@@ -17,7 +17,16 @@ rotation take turns at starting. A flood spread over a botnet's addresses, a few
 connections each, would otherwise put an honest client behind every one of them: as it
 is, the client waits for one start, whatever the flood. Starting one flood session per
 turn while a quiet client is served keeps the turns short; the turn after is only as
-far away as what the loop has to do.
+far away as what the loop has to do. A botnet's addresses had nothing open when their
+first connections came, so those went to the express line; once the rest of the flood
+has made an address busy, its express connection joins its line again, first in it.
+
+A flood's sessions are background work (pacing.py), given a step per loop turn. While
+MAX_PACED steps or more wait, no busy address's session starts at all: each would only
+wait too, and sessions that wait are objects that every young pass of the garbage
+collector walks. A connection that waits here is only a socket. (Under a burst of 5,000
+connects, a thousand and more paced sessions made those passes last 10-20 ms, each a
+stall for every client.)
 
 A connection that the client reset while it waited is closed without a session: that
 costs one recv(2), where a session costs a hundred times more, and a third of a connect
@@ -45,6 +54,8 @@ PER_TURN = 16
 # Of those, sessions of a busy address (a flood's: ServerContext.busy) while a quiet
 # client is being served (pacing.py): its next command waits for one start, not sixteen.
 BUSY_PER_TURN = 1
+# Paced steps waiting (pacing.py) past which no busy address's session starts.
+MAX_PACED = 64
 # Reset connections closed unstarted per loop turn at most (a few microseconds each).
 RESETS_PER_TURN = 64
 # An address with fewer sessions open than this, and nothing waiting, is quiet.
@@ -181,10 +192,16 @@ class StartQueue:
         loop = asyncio.get_running_loop()
         started = resets = 0
         busy_left = self._busy_per_turn if pacing.interactive() else self._per_turn
+        if pacing.waiting() >= MAX_PACED:
+            busy_left = 0
         while self._count and started < self._per_turn and resets < RESETS_PER_TURN:
+            self._demote_busy_express()
             busy = self._busy(self._next_peer())
             if busy and not busy_left:
-                break
+                if not self._express:
+                    break
+                self._express_next = True  # the rotation's turn passes: quiet ones may start
+                continue
             conn, peer = self._next()
             if self._was_reset(conn):
                 resets += 1
@@ -198,6 +215,21 @@ class StartQueue:
             # The next batch after the loop has polled (and so accepted) again.
             self._scheduled = True
             loop.call_soon(self._start_some)
+
+    def _demote_busy_express(self) -> None:
+        """Express connections whose addresses became busy since they came (a flood's
+        first connections, its others behind them) go to the front of their addresses'
+        lines: the express line is for quiet addresses, and a busy one at its head would
+        hold a quiet client behind it for a turn each while starts are paced."""
+        while self._express:
+            peer = next(iter(self._express))
+            if not self._busy(peer):
+                return
+            conn = self._express.pop(peer)
+            line = self._waiting.get(peer)
+            if line is None:
+                line = self._waiting[peer] = collections.deque()
+            line.appendleft(conn)
 
     def _express_turn(self) -> bool:
         """Whether the next start is the express line's: the lines take turns."""
