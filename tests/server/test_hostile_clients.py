@@ -7,10 +7,16 @@ after login. Meanwhile an honest client (in this process, blocking sockets, no e
 of its own) logs in, LISTs, RETRs all of its mail and QUITs, again and again: its sessions
 must all succeed byte for byte, each within 5x of the idle server's median time, while
 the server's memory stays bounded and it keeps accepting. A few may take longer
-(Scale.over_bound: 2 %, 1 % at the long scale): on a loaded CI machine the test's own
-processes compete with the server for the two cores. The server's full garbage
-collections (30-70 ms with a thousand sessions open) wait while a quiet client is served
-(server/collector.py): none may run during the attack.
+(Scale.over_bound: 2 %, 1 % at the long scale), and the bound is at least 5x IDLE_FLOOR:
+on a 2-core CI machine, scheduling alone moves such times by tens of milliseconds. The
+server's full garbage collections (30-70 ms with a thousand sessions open) wait while a
+quiet client is served (server/collector.py): none may run during the attack.
+
+Clients run on other machines than the server they attack; here they share two cores
+with it. So, with two CPUs or more, the server runs on a CPU of its own and the test and
+the load generator on the others (server_cpu), for the idle sessions as for the rest:
+what is measured is then the server's work for the attack, not the load generator's
+work taking the server's CPU.
 
 The suite runs a smaller attack (200 slow connections, bursts of 1,000); with
 POPBOX_LONG_TESTS=1 the figures of the issue: 1,000 slow connections, bursts of 5,000.
@@ -104,9 +110,10 @@ SMALL = [b"Subject: small\r\n\r\nsmall\r\n"]
 # or whole lines kept in memory (10 x 20 MB, 5 x 10 MB) would not.
 MAX_RSS_KIB = 200 * 1024
 
-# Idle sessions on loopback take a few milliseconds; on a loaded 2-core CI machine a few
-# more or less are noise, and 5x of 3 ms would fail on scheduling jitter alone. So the
-# under-attack median is compared with 5x max(idle median, this floor).
+# The idle median is 8-13 ms here from one run to the next, which moves 5x of it by 25 ms:
+# the bound is 5x max(idle median, this floor). The count over 5x the idle median itself
+# is reported too: at the long scale, 0-0.5 % of the sessions in five runs out of six,
+# 2.1 % in the sixth (0.3-5.7 % before the server had a CPU of its own).
 IDLE_FLOOR = 0.020
 
 
@@ -163,6 +170,29 @@ def load_generators() -> Iterator[list[subprocess.Popen[str]]]:
             process.stdout.close()
 
 
+@pytest.fixture
+def server_cpu() -> Iterator[set[int] | None]:
+    """The first CPU, for pin_server(); this test's thread (and so the load generator it
+    starts) moves to the others until the end of the test. None with fewer than two."""
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        yield None
+        return
+    first = min(allowed)
+    os.sched_setaffinity(0, allowed - {first})
+    try:
+        yield {first}
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def pin_server(pid: int, cpus: set[int] | None) -> None:
+    """Every thread of the server on `cpus` (threads it starts later inherit them)."""
+    if cpus is not None:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def raise_nofile() -> None:
     """Thousands of sockets here and in `popbox serve`, which inherits the limit (systemd
     gives it LimitNOFILE=65536, contrib/systemd/popbox.service)."""
@@ -216,7 +246,7 @@ def wait_for_no_connections(server: PopboxServer, timeout: float = 30) -> None:
 
 @pytest.mark.timeout(600 if LONG else 120)
 def test_honest_client_is_served_during_every_attack_at_once(
-    popbox: Starter, load_generators: list[subprocess.Popen[str]]
+    popbox: Starter, load_generators: list[subprocess.Popen[str]], server_cpu: set[int] | None
 ) -> None:
     raise_nofile()
     users = {"alice": "{PLAIN}secret"}
@@ -225,6 +255,7 @@ def test_honest_client_is_served_during_every_attack_at_once(
     mail = {"alice": HONEST} | {f"bin{n}": SMALL for n in range(SCALE.binary)}
     mail |= {f"stall{n}": [BIG] for n in range(SCALE.stalled)}
     server = popbox(users, mail, extra='[metrics]\naddress = "127.0.0.1"\nport = 0\n')
+    pin_server(server.process.pid, server_cpu)
     idle = [honest_session(server) for _ in range(SCALE.idle_runs)]
     idle_rss = rss_kib(server.process.pid)
 
@@ -272,5 +303,5 @@ def test_honest_client_is_served_during_every_attack_at_once(
     # After the attack: every connection gone, the server serving as before.
     wait_for_no_connections(server)
     after = [honest_session(server) for _ in range(3)]
-    assert statistics.median(after) < 5 * max(idle_median, IDLE_FLOOR), report
+    assert statistics.median(after) < bound, report
     assert server.process.poll() is None
