@@ -252,6 +252,10 @@ ERRORS = [
         id="bool-as-limit",
     ),
     pytest.param(
+        "[limits]\nbad_command_delay = -1\n",
+        "limits.bad_command_delay: expected a number of seconds >= 0, got -1",
+    ),
+    pytest.param(
         "[limits]\nmax_connections = 0\n",
         "limits.max_connections: expected an integer >= 1, got 0",
         id="limit-zero",

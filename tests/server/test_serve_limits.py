@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -60,24 +61,48 @@ def test_commands_trickled_an_octet_at_a_time(popbox: Starter) -> None:
 
 
 def test_binary_garbage_and_too_many_bad_commands(popbox: Starter) -> None:
-    server = popbox(USERS)
+    """max_bad_commands (10) bad commands in a row close the session; from the 6th on,
+    past half of them, each -ERR waits bad_command_delay."""
+    server = popbox(USERS, extra="[limits]\nbad_command_delay = 0.25\n")
     client = RawClient(server)
     garbage = b"".join(
         b"\x00" + bytes((j * 7 + i) % 256 for j in range(60)).replace(b"\n", b"") + b"\r\n"
         for i in range(25)
     )
+    sent = time.monotonic()
     client.send(garbage)
-    replies = b""
+    lines: list[bytes] = []
+    at: list[float] = []
     while True:
         try:
-            replies += client.read_line()
+            lines.append(client.read_line())
         except EOFError:
             break
-    lines = replies.split(b"\r\n")[:-1]
-    assert all(line.startswith(b"-ERR ") for line in lines)
-    assert lines[-1] == b"-ERR too many bad commands, closing connection"
-    assert len(lines) == 10  # [limits] max_bad_commands defaults to 10
+        at.append(time.monotonic() - sent)
+    assert lines == [b"-ERR control characters are not allowed in commands\r\n"] * 9 + [
+        b"-ERR too many bad commands, closing connection\r\n"
+    ]
+    assert at[4] < 0.25  # the first five at once
+    waits = [later - earlier for earlier, later in itertools.pairwise(at[4:])]
+    assert all(0.24 <= wait < 1.0 for wait in waits), waits
     assert RawClient(server).greeting.startswith(b"+OK POP3 server ready <")
+
+
+def test_a_good_command_ends_a_run_of_bad_ones(popbox: Starter) -> None:
+    server = popbox(USERS, extra="[limits]\nmax_bad_commands = 6\nbad_command_delay = 0.5\n")
+    client = RawClient(server)
+    unknown = b"-ERR unknown command\r\n"
+    started = time.monotonic()
+    client.send(b"BAD1\r\nBAD2\r\nBAD3\r\n")
+    assert [client.read_line() for _ in range(3)] == [unknown] * 3
+    assert time.monotonic() - started < 0.5
+    assert client.command(b"BAD4") == unknown  # past half of max_bad_commands: it waits
+    assert time.monotonic() - started >= 0.5
+    started = time.monotonic()
+    client.send(b"CAPA\r\n")  # a good command: the run is over
+    assert client.read_multiline().startswith(b"+OK")
+    assert [client.command(b"BAD%d" % n) for n in (5, 6, 7)] == [unknown] * 3
+    assert time.monotonic() - started < 0.5
 
 
 def test_client_that_never_reads_its_retr_output(popbox: Starter) -> None:
@@ -121,3 +146,13 @@ def test_hundred_megabyte_message_streams(popbox: Starter) -> None:
     assert received == size + 3
     assert peak < 80_000, f"server RSS peaked at {peak} KiB"
     assert os.path.getsize(next((server.maildir("alice") / "new").iterdir())) == len(big)
+
+
+def test_a_client_gone_during_the_delay_ends_its_session_at_once(popbox: Starter) -> None:
+    extra = "[limits]\nmax_bad_commands = 20\nbad_command_delay = 60\n"
+    server = popbox(USERS, extra=extra)
+    client = RawClient(server)
+    client.send(b"".join(b"BAD%d\r\n" % n for n in range(15)))  # the 11th waits a minute
+    assert [client.read_line() for _ in range(10)] == [b"-ERR unknown command\r\n"] * 10
+    client.close()
+    server.log.wait_for(r"logout user=- .*reason=disconnected", timeout=10)

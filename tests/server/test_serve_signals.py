@@ -94,6 +94,28 @@ def test_sigterm_past_shutdown_timeout_closes_idle_sessions_without_update(
     server.log.wait_for(r"logout user=alice .*reason=shutdown top=0/0 retr=0/0 del=0/")
 
 
+def test_sigterm_past_shutdown_timeout_ends_the_wait_of_a_bad_command(popbox: Starter) -> None:
+    """A session whose -ERR waits bad_command_delay is idle, not busy: closed in-band."""
+    extra = "[limits]\nmax_bad_commands = 4\nbad_command_delay = 60\n"
+    server = popbox(USERS, extra=extra, shutdown_timeout=1)
+    client = RawClient(server)
+    client.send(b"BAD1\r\nBAD2\r\nBAD3\r\n")  # the third waits a minute for its -ERR
+    unknown = b"-ERR unknown command\r\n"
+    assert client.read_line() + client.read_line() == unknown * 2
+    client.sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        client.read_line()
+    client.sock.settimeout(30)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    closing = b"-ERR [SYS/TEMP] server shutting down\r\n"
+    assert client.read_until_closed() == unknown + closing
+    assert 0.9 <= time.monotonic() - started < 10
+    assert server.process.wait(15) == 0
+    server.log.wait_for(r"shutdown_timeout reached: closing 1 sessions without UPDATE")
+    assert server.log.count(r"cutting off") == 0
+
+
 def test_sigterm_cuts_off_a_session_still_busy_after_the_grace(popbox: Starter) -> None:
     big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 8000  # 8 MB
     server = popbox(USERS, {"alice": [big]}, shutdown_timeout=0.5)

@@ -195,6 +195,9 @@ class LimitsConfig:
     max_connections_per_ip: int = 100
     # Consecutive -ERR replies before the session is closed (aiosmtpd's BOGUS_LIMIT).
     max_bad_commands: int = 10
+    # Seconds before each reply to a bad command past half of max_bad_commands in a row
+    # (Postfix's smtpd_error_sleep_time past smtpd_soft_error_limit); 0: none.
+    bad_command_delay: float = 1.0
 
     def __post_init__(self) -> None:
         check_fields(self, _LIMITS_CHECKS)
@@ -338,6 +341,7 @@ _LIMITS_CHECKS: dict[str, Check] = {
     "max_connections": int_range(1),
     "max_connections_per_ip": int_range(1),
     "max_bad_commands": int_range(1),
+    "bad_command_delay": seconds(positive=False),
 }
 _CONFIG_CHECKS: dict[str, Check] = {
     "hostname": hostname,

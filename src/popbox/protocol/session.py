@@ -104,6 +104,11 @@ class Pop3Session(TransactionCommands):
             self._buffer += data
 
     @property
+    def bad_commands(self) -> int:
+        """Bad commands in a row, up to now (the last reply's included)."""
+        return self._bad_commands
+
+    @property
     def buffered(self) -> int:
         """Octets waiting in the input buffer (the driver pauses reading above a bound)."""
         return len(self._buffer)

@@ -83,6 +83,7 @@ def make_policy(config: Config) -> SessionPolicy:
         idle_timeout=config.idle_timeout,
         plaintext=auth.plaintext,
         max_bad_commands=config.limits.max_bad_commands,
+        bad_command_delay=config.limits.bad_command_delay,
         max_connections=config.limits.max_connections,
         max_connections_per_ip=config.limits.max_connections_per_ip,
         mechanisms=offered_mechanisms(config),

@@ -41,6 +41,7 @@ from popbox.server.context import (
 )
 from popbox.server.login import LoginHandler, printable
 from popbox.server.retrieval import send_message
+from popbox.server.tarpit import tarpit, tarpitted
 from popbox.server.tls import channel_binding, tls_details
 from popbox.server.update import commit_update
 from popbox.storage.base import Maildrop
@@ -66,6 +67,7 @@ class Pop3Connection(asyncio.Protocol):
         self._early = b""  # what arrived before the session existed
         self._data_arrived = asyncio.Event()
         self._lost = False
+        self._interrupt = asyncio.Event()  # ends a tarpit's wait: the client is done
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._writable: asyncio.Future[None] | None = None
         self._maildrop: Maildrop | None = None
@@ -121,11 +123,13 @@ class Pop3Connection(asyncio.Protocol):
         # cannot half-close: there the transport closes itself).
         self._eof = True
         self._data_arrived.set()
+        self._interrupt.set()  # nothing more will come: garbage it sent gets no more replies
         return self._transport is None or self._transport.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._data_arrived.set()
+        self._interrupt.set()
         self._wake_writer(exc)
 
     def pause_writing(self) -> None:
@@ -175,6 +179,11 @@ class Pop3Connection(asyncio.Protocol):
         if data and not self._lost:
             self._transport.write(data)
             self.acct.sent(len(data))
+
+    def _flush(self, out: list[bytes]) -> None:
+        if out:
+            self._write(b"".join(out))
+            out.clear()
 
     async def _start_tls(self) -> asyncio.Transport:
         """STLS (RFC 2595 section 4): the handshake on the same connection."""
@@ -262,13 +271,16 @@ class Pop3Connection(asyncio.Protocol):
             event = follow_up if follow_up is not None else session.next_event()
             follow_up = None
             if isinstance(event, Reply):
+                if tarpitted(self._ctx.policy, session):
+                    self._flush(out)  # what came before it leaves now, it after the delay
+                    await tarpit(self._ctx, self._interrupt)
+                    if self._lost or self._eof:
+                        return "disconnected"
                 out.append(event.data)
                 last_command = loop.time()
                 continue
             # Pipelined replies leave in one write, together with what follows them.
-            if out:
-                self._write(b"".join(out))
-                out.clear()
+            self._flush(out)
             if isinstance(event, NeedData):
                 if self._lost or self._eof:
                     return "disconnected"

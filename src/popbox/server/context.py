@@ -74,6 +74,7 @@ class SessionPolicy:
     expire: str | None = None  # what CAPA announces: "NEVER" or a number of days
     expire_days: int | None = None  # enforced at UPDATE (RFC 2449 section 6.7)
     workarounds: frozenset[str] = frozenset()
+    bad_command_delay: float = 0.0  # [limits] bad_command_delay
 
 
 @dataclass(slots=True)
