@@ -112,8 +112,7 @@ MAX_RSS_KIB = 200 * 1024
 
 # The idle median is 8-13 ms here from one run to the next, which moves 5x of it by 25 ms:
 # the bound is 5x max(idle median, this floor). The count over 5x the idle median itself
-# is reported too: at the long scale, 0-0.5 % of the sessions in five runs out of six,
-# 2.1 % in the sixth (0.3-5.7 % before the server had a CPU of its own).
+# is reported too: at the long scale, 0-2 sessions of 800-1,060 (docs/performance.md).
 IDLE_FLOOR = 0.020
 
 
