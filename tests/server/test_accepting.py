@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import socket
 import struct
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from popbox import pacing
+from popbox.server import start_queue
 from popbox.server.accepting import EagerAcceptServer
 from popbox.server.start_queue import BUSY_PER_TURN, MAX_PACED, PER_TURN, QUIET
 
@@ -291,16 +293,31 @@ def test_a_flood_whose_first_connections_went_express_does_not_hold_a_quiet_clie
     each_received(clients, b"+OK\r\n")
 
 
-def test_no_flood_starts_while_background_work_is_backed_up(
+def backed_up_server(
+    sock: socket.socket, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, backlog: list[int]
+) -> EagerAcceptServer:
+    """A server whose pacer has `backlog[0]` steps waiting, a quiet client being served,
+    and 127.0.0.2 as its one busy address."""
+    monkeypatch.setattr(pacing, "_PACER", pacing.Pacer())
+    pacing.foreground()
+    monkeypatch.setattr(pacing, "waiting", lambda: backlog[0])
+    return EagerAcceptServer(
+        sock,
+        recorder,
+        max_waiting=lambda: 100,
+        open_from=lambda peer: QUIET if peer == "127.0.0.2" else 0,
+        busy=lambda peer: peer == "127.0.0.2",
+    )
+
+
+def test_few_flood_starts_while_background_work_is_backed_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each started flood session is work for the pacer (pacing.py); past MAX_PACED
-    steps waiting, the flood's connections stay unstarted (a socket each, not a session
-    the garbage collector must walk) and quiet clients still start."""
-    monkeypatch.setattr(pacing, "_PACER", pacing.Pacer())
-    pacing.foreground()
+    steps waiting, the flood's connections mostly stay unstarted (a socket each, not a
+    session the garbage collector must walk), and quiet clients still start."""
+    monkeypatch.setattr(start_queue, "BACKED_UP_START_EVERY", 60.0)
     backlog = [MAX_PACED]
-    monkeypatch.setattr(pacing, "waiting", lambda: backlog[0])
     sock = listening()
     flood = connect(sock, 4, "127.0.0.2")  # clients 0-3, a busy address
     quiet = [c for n in range(2) for c in connect(sock, 1, f"127.0.2.{n + 1}")]  # 4, 5
@@ -309,16 +326,10 @@ def test_no_flood_starts_while_background_work_is_backed_up(
     waiting: list[int] = []
 
     async def main() -> None:
-        server = EagerAcceptServer(
-            sock,
-            recorder,
-            max_waiting=lambda: 100,
-            open_from=lambda peer: QUIET if peer == "127.0.0.2" else 0,
-            busy=lambda peer: peer == "127.0.0.2",
-        )
+        server = backed_up_server(sock, recorder, monkeypatch, backlog)
         server.start_serving()
-        await run_turns(recorder, lambda: len(recorder.started) == 2)
-        for _ in range(20):  # the backlog stays: no flood start, however many turns
+        await run_turns(recorder, lambda: len(recorder.started) == 3)
+        for _ in range(20):  # the backlog stays: one flood start a minute
             await asyncio.sleep(0)
         waiting.append(server.waiting)
         backlog[0] = MAX_PACED - 1
@@ -327,8 +338,38 @@ def test_no_flood_starts_while_background_work_is_backed_up(
         await server.wait_closed()
 
     asyncio.run(main())
-    assert waiting == [4]
-    assert [index for _, index in recorder.started] == [4, 5, 0, 1, 2, 3]
+    assert waiting == [3]
+    assert [index for _, index in recorder.started] == [4, 0, 5, 1, 2, 3]
+    each_received(clients, b"+OK\r\n")
+
+
+def test_a_backlog_that_lasts_slows_a_busy_address_down_but_never_stops_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many users behind one NAT are a busy address too: their sessions start every
+    BACKED_UP_START_EVERY while the pacer stays backed up."""
+    monkeypatch.setattr(start_queue, "BACKED_UP_START_EVERY", 0.05)
+    sock = listening()
+    clients = connect(sock, 4, "127.0.0.2")
+    recorder = Recorder(clients)
+    started_at: list[float] = []
+
+    async def main() -> None:
+        server = backed_up_server(sock, recorder, monkeypatch, [MAX_PACED * 10])
+        server.start_serving()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(recorder.started) < len(clients) and loop.time() < deadline:
+            count = len(recorder.started)
+            await asyncio.sleep(0.001)
+            started_at.extend(loop.time() for _ in range(len(recorder.started) - count))
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert [index for _, index in recorder.started] == [0, 1, 2, 3]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(started_at)]
+    assert all(gap >= 0.045 for gap in gaps), gaps
     each_received(clients, b"+OK\r\n")
 
 

@@ -112,7 +112,7 @@ MAX_RSS_KIB = 200 * 1024
 
 # The idle median is 8-13 ms here from one run to the next, which moves 5x of it by 25 ms:
 # the bound is 5x max(idle median, this floor). The count over 5x the idle median itself
-# is reported too: at the long scale, 0-2 sessions of 800-1,060 (docs/performance.md).
+# is reported too: at the long scale, 0-5 sessions of 700-1,060 (docs/performance.md).
 IDLE_FLOOR = 0.020
 
 
