@@ -103,6 +103,12 @@ class ServerMetrics:
             multiprocess_mode="livesum",
             registry=reg,
         )
+        self.connections_waiting = Gauge(
+            "popbox_connections_waiting",
+            "POP3 connections accepted and waiting for their session to start.",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
         self.connections = Counter(
             "popbox_connections_total",
             "POP3 connections accepted, including the refused ones.",
@@ -149,6 +155,11 @@ class ServerMetrics:
         self.lock_conflicts = Counter(
             "popbox_lock_conflicts_total",
             "Logins refused because the maildrop was locked ([IN-USE]).",
+            registry=reg,
+        )
+        self.bad_command_delays = Counter(
+            "popbox_bad_command_delays_total",
+            "-ERR replies held back by [limits] bad_command_delay.",
             registry=reg,
         )
         self.store_errors = Counter(

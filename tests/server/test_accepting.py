@@ -373,6 +373,33 @@ def test_a_backlog_that_lasts_slows_a_busy_address_down_but_never_stops_it(
     each_received(clients, b"+OK\r\n")
 
 
+def test_what_waits_is_reported_after_each_turn_and_at_close() -> None:
+    sock = listening()
+    clients = connect(sock, 5)
+    recorder = Recorder(clients)
+    reported: list[tuple[int, int]] = []  # (turn, waiting) at each on_waiting()
+    servers: list[EagerAcceptServer] = []
+
+    def on_waiting() -> None:
+        reported.append((recorder.turn, servers[0].waiting))
+
+    async def main() -> None:
+        server = EagerAcceptServer(
+            sock, recorder, max_waiting=lambda: 100, per_turn=2, on_waiting=on_waiting
+        )
+        servers.append(server)
+        server.start_serving()
+        await run_turns(recorder, lambda: len(recorder.started) == len(clients))
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    # Two starts a turn, one report a turn, and the last at close.
+    assert [waiting for _, waiting in reported] == [3, 1, 0, 0], reported
+    assert len({turn for turn, _ in reported}) == 4
+    each_received(clients, b"+OK\r\n")
+
+
 def test_quiet_and_rotation_take_turns_so_neither_starves() -> None:
     sock = listening()
     rotation = connect(sock, 3, "127.0.0.2")  # one address with sessions open

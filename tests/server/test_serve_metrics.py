@@ -132,8 +132,13 @@ RAW_SENT = b"XYZZY\r\nHELO\r\nQUIT\r\n"
 def test_scripted_session_gives_exact_metrics(popbox: Starter) -> None:
     server = popbox(USERS, {"alice": MESSAGES}, extra=METRICS)
     before = scrape(server)
-    zero = ["popbox_connections_total", "popbox_connections_active"]
-    assert [value(before, name) for name in zero] == [0, 0]
+    zero = [
+        "popbox_connections_total",
+        "popbox_connections_active",
+        "popbox_connections_waiting",
+        "popbox_bad_command_delays_total",
+    ]
+    assert [value(before, name) for name in zero] == [0, 0, 0, 0]
     assert value(before, "popbox_commands_total", command="unknown") == 0
     assert value(before, "popbox_retr_duration_seconds_count") == 0
 
@@ -155,6 +160,8 @@ def test_scripted_session_gives_exact_metrics(popbox: Starter) -> None:
     expected = {
         ("popbox_connections_total", ()): 5,
         ("popbox_connections_active", ()): 0,
+        ("popbox_connections_waiting", ()): 0,
+        ("popbox_bad_command_delays_total", ()): 0,  # RAW_SENT's two: answered at once
         ("popbox_connections_refused_total", (("reason", "ip_limit"),)): 1,
         ("popbox_logins_total", (("mechanism", "USER"), ("result", "ok"))): 1,
         ("popbox_logins_total", (("mechanism", "USER"), ("result", "failed"))): 1,
@@ -182,6 +189,16 @@ def test_scripted_session_gives_exact_metrics(popbox: Starter) -> None:
     }
     assert 0 < value(after, "popbox_retr_duration_seconds_sum") < 10
     assert not [key for key in after if key[0].endswith("_created")]
+
+
+def test_bad_command_delays_are_counted(popbox: Starter) -> None:
+    server = popbox(USERS, extra=METRICS + "bad_command_delay = 0.05\n")
+    client = RawClient(server)
+    client.send(b"".join(b"BAD%d\r\n" % n for n in range(8)))
+    assert [client.read_line() for _ in range(8)] == [b"-ERR unknown command\r\n"] * 8
+    # max_bad_commands is 10: the first five are answered at once, the 6th-8th wait.
+    assert value(scrape(server), "popbox_bad_command_delays_total") == 3
+    assert value(scrape(server), "popbox_commands_total", command="unknown") == 8
 
 
 def test_logout_line_for_every_ending(popbox: Starter) -> None:

@@ -118,6 +118,7 @@ async def start_listener(
         functools.partial(start_session, ctx, listener.tls, tls),
         max_waiting=max_waiting,
         on_dropped=ctx.metrics.closed_unstarted,
+        on_waiting=ctx.count_waiting,
         open_from=ctx.per_ip.__getitem__,
         busy=ctx.busy,
     )

@@ -96,6 +96,10 @@ class ServerContext:
     idle: set[asyncio.Event] = field(default_factory=set)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
 
+    def count_waiting(self) -> None:
+        """popbox_connections_waiting: what the listeners' start queues hold now."""
+        self.metrics.connections_waiting.set(sum(queue.waiting for queue in self.accept_queues))
+
     def busy(self, peer_ip: str) -> bool:
         """Whether the address has BUSY connections or more, open or waiting to start:
         then its sessions' work is background work (popbox/pacing.py)."""

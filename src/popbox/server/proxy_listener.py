@@ -154,6 +154,7 @@ class ProxyProtocolServer:
             self._start,
             max_waiting=max_waiting,
             on_dropped=ctx.metrics.closed_unstarted,
+            on_waiting=ctx.count_waiting,
             open_from=ctx.per_ip.__getitem__,
             busy=ctx.busy,
         )

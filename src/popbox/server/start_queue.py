@@ -76,6 +76,7 @@ class StartOptions(TypedDict, total=False):
     per_turn: int
     busy_per_turn: int
     on_dropped: Callable[[str], None] | None
+    on_waiting: Callable[[], None] | None
     open_from: Callable[[str], int]
     busy: Callable[[str], bool]
 
@@ -94,7 +95,8 @@ class StartQueue:
     has open. `max_waiting()` bounds the queue (asked at each put, so a reloaded limit
     applies); past it the oldest connection of the address with the most waiting is
     closed unanswered, and `on_dropped("backlog")` called; `on_dropped("reset")` for each
-    reset connection closed unstarted."""
+    reset connection closed unstarted. `on_waiting()` after each loop turn's starts and
+    at close: `waiting` may have changed."""
 
     def __init__(
         self,
@@ -104,6 +106,7 @@ class StartQueue:
         per_turn: int = PER_TURN,
         busy_per_turn: int = BUSY_PER_TURN,
         on_dropped: Callable[[str], None] | None = None,
+        on_waiting: Callable[[], None] | None = None,
         open_from: Callable[[str], int] = nothing_open,
         busy: Callable[[str], bool] = never_busy,
     ) -> None:
@@ -112,6 +115,7 @@ class StartQueue:
         self._per_turn = per_turn
         self._busy_per_turn = busy_per_turn
         self._on_dropped = on_dropped
+        self._on_waiting = on_waiting
         self._open_from = open_from
         self._busy = busy
         # Per client address, its waiting connections; the dict's order is the rotation.
@@ -170,6 +174,8 @@ class StartQueue:
         self._waiting.clear()
         self._express.clear()
         self._count = 0
+        if self._on_waiting is not None:
+            self._on_waiting()
 
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._starting, return_exceptions=True)
@@ -221,6 +227,8 @@ class StartQueue:
             task = loop.create_task(self._start_one(conn, peer))
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
+        if self._on_waiting is not None:
+            self._on_waiting()
         if self._count:
             # The next batch after the loop has polled (and so accepted) again.
             self._scheduled = True

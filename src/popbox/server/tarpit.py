@@ -29,6 +29,7 @@ async def tarpit(ctx: ServerContext, interrupt: asyncio.Event) -> None:
     one of ctx.idle meanwhile), or by the connection when the client is gone."""
     if ctx.closing or interrupt.is_set():
         return
+    ctx.metrics.bad_command_delays.inc()
     ctx.idle.add(interrupt)
     try:
         async with asyncio.timeout(ctx.policy.bad_command_delay):
