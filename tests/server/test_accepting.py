@@ -81,12 +81,16 @@ def serve_until(
     recorder: Recorder,
     until: Callable[[EagerAcceptServer], bool],
     max_waiting: int,
+    made: list[EagerAcceptServer] | None = None,
     **options: Any,
 ) -> None:
-    """An EagerAcceptServer on `sock` until `until(server)` holds, then closed."""
+    """An EagerAcceptServer on `sock` until `until(server)` holds, then closed; appended
+    to `made` first, for callbacks that look at it."""
 
     async def main() -> None:
         server = EagerAcceptServer(sock, recorder, max_waiting=lambda: max_waiting, **options)
+        if made is not None:
+            made.append(server)
         server.start_serving()
         await run_turns(recorder, lambda: until(server))
         server.close()
@@ -275,15 +279,10 @@ def test_a_flood_whose_first_connections_went_express_does_not_hold_a_quiet_clie
     def flooding(peer: str) -> bool:  # ServerContext.busy with BUSY = 3, nothing open
         return servers[0].waiting_from(peer) >= 3
 
-    async def main() -> None:
-        server = EagerAcceptServer(sock, recorder, max_waiting=lambda: 100, busy=flooding)
-        servers.append(server)
-        server.start_serving()
-        await run_turns(recorder, lambda: len(recorder.started) == len(clients))
-        server.close()
-        await server.wait_closed()
+    def everyone(_: EagerAcceptServer) -> bool:
+        return len(recorder.started) == len(clients)
 
-    asyncio.run(main())
+    serve_until(sock, recorder, everyone, max_waiting=100, made=servers, busy=flooding)
     order = [index for _, index in recorder.started]
     assert order[0] == 32, order
     # Each flood address's connections start oldest first, its express one included.
@@ -383,17 +382,12 @@ def test_what_waits_is_reported_after_each_turn_and_at_close() -> None:
     def on_waiting() -> None:
         reported.append((recorder.turn, servers[0].waiting))
 
-    async def main() -> None:
-        server = EagerAcceptServer(
-            sock, recorder, max_waiting=lambda: 100, per_turn=2, on_waiting=on_waiting
-        )
-        servers.append(server)
-        server.start_serving()
-        await run_turns(recorder, lambda: len(recorder.started) == len(clients))
-        server.close()
-        await server.wait_closed()
+    def everyone(_: EagerAcceptServer) -> bool:
+        return len(recorder.started) == len(clients)
 
-    asyncio.run(main())
+    serve_until(
+        sock, recorder, everyone, max_waiting=100, made=servers, per_turn=2, on_waiting=on_waiting
+    )
     # Two starts a turn, one report a turn, and the last at close.
     assert [waiting for _, waiting in reported] == [3, 1, 0, 0], reported
     assert len({turn for turn, _ in reported}) == 4
