@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import cast
 
 from popbox import pacing
@@ -144,14 +143,10 @@ class Pop3Connection(asyncio.Protocol):
     def _admit(self, transport: asyncio.Transport) -> bool:
         """Connection limits and blocked addresses: refuse (RFC 3206 [SYS/TEMP]), close."""
         ctx = self._ctx
-        if len(ctx.tasks) >= ctx.policy.max_connections:
-            label, reason = "limit", "too many connections"
-        elif ctx.per_ip[self.peer] >= ctx.policy.max_connections_per_ip:
-            label, reason = "ip_limit", "too many connections from your address"
-        elif ctx.throttle.address_blocked(self.peer, time.monotonic()):
-            label, reason = "blocked", "too many failed logins from your address, try again later"
-        else:
+        refused = ctx.refusal(self.peer)
+        if refused is None:
             return True
+        label, reason = refused
         ctx.metrics.refused(label)
         log.warning("refused client=%s reason=%r", self.peer, reason, extra={"client": self.peer})
         refusal = b"-ERR [SYS/TEMP] " + reason.encode("ascii") + b"\r\n"

@@ -100,6 +100,17 @@ class ServerContext:
         """popbox_connections_waiting: what the listeners' start queues hold now."""
         self.metrics.connections_waiting.set(sum(queue.waiting for queue in self.accept_queues))
 
+    def refusal(self, peer_ip: str) -> tuple[str, str] | None:
+        """Why a new connection from `peer_ip` is refused (metric label, reason), if it is:
+        connection limits and blocked addresses."""
+        if len(self.tasks) >= self.policy.max_connections:
+            return "limit", "too many connections"
+        if self.per_ip[peer_ip] >= self.policy.max_connections_per_ip:
+            return "ip_limit", "too many connections from your address"
+        if self.throttle.address_blocked(peer_ip, time.monotonic()):
+            return "blocked", "too many failed logins from your address, try again later"
+        return None
+
     def busy(self, peer_ip: str) -> bool:
         """Whether the address has BUSY connections or more, open or waiting to start:
         then its sessions' work is background work (popbox/pacing.py)."""

@@ -33,13 +33,9 @@ async def start_session(  # noqa: PLR0917 - the listener's, then the connection'
         await pacing.step()  # a flood's sessions start as background work
     else:
         pacing.foreground()
-    if proxied is None:
-        factory = functools.partial(Pop3Connection, ctx, tls_mode, peer=peer)
-    else:
-        factory = functools.partial(Pop3Connection, ctx, tls_mode, proxied)
     try:
         await asyncio.get_running_loop().connect_accepted_socket(
-            factory,
+            functools.partial(Pop3Connection, ctx, tls_mode, proxied, peer=peer),
             sock,
             ssl=tls,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls is not None else None,
