@@ -107,7 +107,7 @@ def test_a_full_pass_comes_anyway_when_overdue() -> None:
 
 @pytest.mark.usefixtures("quiet_client_served")
 def test_a_leak_of_cycles_gets_a_full_pass_while_clients_are_served() -> None:
-    schedule = Schedule(growth=1.05)
+    schedule = Schedule(growth=1.05, min_growth=0)
     leaked = [old_cycle() for _ in range(sys.getallocatedblocks() // 100)]
     make_due()
     grown = sys.getallocatedblocks() / schedule.blocks
@@ -116,6 +116,23 @@ def test_a_leak_of_cycles_gets_a_full_pass_while_clients_are_served() -> None:
     schedule.collect()
     assert all(alive() is None for alive in leaked)
     assert sys.getallocatedblocks() < 1.05 * schedule.blocks
+
+
+@pytest.mark.usefixtures("quiet_client_served")
+def test_growth_below_min_growth_waits_while_a_quiet_client_is_served() -> None:
+    """Memory doubled from a small start (a server's first connections): no full pass
+    while clients are served, until it has grown by min_growth blocks as well."""
+    schedule = Schedule(growth=1.05)
+    cycles = [old_cycle() for _ in range(sys.getallocatedblocks() // 100)]
+    make_due()
+    now = sys.getallocatedblocks()
+    assert now >= 1.05 * schedule.blocks
+    assert now < schedule.blocks + schedule.min_growth
+    assert not schedule.due()
+    schedule.min_growth = now - schedule.blocks
+    assert schedule.due()
+    schedule.collect()
+    assert all(alive() is None for alive in cycles)
 
 
 def test_run_starts_the_due_full_pass() -> None:
