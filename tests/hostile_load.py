@@ -70,9 +70,9 @@ class Sink(asyncio.Protocol):
         self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # No pause_reading() here for `stall`: uvloop starts reading after this returns,
+        # whatever it was told (Attack.connect() pauses instead).
         self.transport = transport  # type: ignore[assignment]
-        if self.stall:
-            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         self.received_octets += len(data)
@@ -131,6 +131,8 @@ class Attack:
         except OSError as error:
             self.stats.add(f"connect_error_{type(error).__name__}")
             return None
+        if stall and sink.transport is not None:
+            sink.transport.pause_reading()
         return sink
 
     async def forever(self, name: str, one: Callable[[], Awaitable[None]]) -> None:

@@ -258,7 +258,9 @@ def test_honest_client_is_served_during_every_attack_at_once(
     idle = [honest_session(server) for _ in range(SCALE.idle_runs)]
     idle_rss = rss_kib(server.process.pid)
 
-    full_before = value(scrape(server), "python_gc_collections_total", generation="2")
+    before = scrape(server)
+    full_before = value(before, "python_gc_collections_total", generation="2")
+    retrieved_before = value(before, "popbox_messages_retrieved_total")
     sampler = RssSampler(server.process.pid)
     attack = start_attack(server, load_generators)
     under_attack: list[float] = []
@@ -266,8 +268,10 @@ def test_honest_client_is_served_during_every_attack_at_once(
     while len(under_attack) < SCALE.attack_runs or time.monotonic() < until:
         under_attack.append(honest_session(server))
     assert server.process.poll() is None
-    full_collections = value(scrape(server), "python_gc_collections_total", generation="2")
+    during = scrape(server)
+    full_collections = value(during, "python_gc_collections_total", generation="2")
     full_collections -= full_before
+    retrieved = value(during, "popbox_messages_retrieved_total") - retrieved_before
     counts = stop_attack(attack)
     samples = sampler.finish()
     peak = max(samples)
@@ -296,6 +300,10 @@ def test_honest_client_is_served_during_every_attack_at_once(
     assert counts["slow_bytes"] >= SCALE.slow, report
     assert counts["long_lines_sent"] >= SCALE.long_lines, report
     assert counts["stalled_retr"] == SCALE.stalled, report
+    # The stalled RETRs really stalled: none was sent whole (only the honest client's 20
+    # were, each session), and the server kept their connections open.
+    assert retrieved == len(HONEST) * len(under_attack), report
+    assert "stalled_closed_by_server" not in counts, report
     assert counts["burst_connects"] >= SCALE.burst, report
     assert counts["binary_chunks"] >= SCALE.binary, report
 

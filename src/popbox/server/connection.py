@@ -2,8 +2,9 @@
 
 The transport's bytes go straight into the core's one input buffer; a driver task asks the
 core for events and performs the I/O they request. Writes respect the transport's flow
-control (pause_writing/resume_writing), so a client that does not read its RETR output
-holds at most one block in our memory (the streaming itself: server/retrieval.py).
+control (pause_writing/resume_writing: server/flow.py), so a client that does not read
+its RETR output holds at most one block in our memory (the streaming itself:
+server/retrieval.py), and not for longer than the autologout timer.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from popbox.server.context import (
     ProxiedClient,
     ServerContext,
 )
+from popbox.server.flow import OutputStalled, WriteFlow
 from popbox.server.login import LoginHandler, printable
 from popbox.server.retrieval import send_message
 from popbox.server.tarpit import tarpit, tarpitted
@@ -68,7 +70,7 @@ class Pop3Connection(asyncio.Protocol):
         self._lost = False
         self._interrupt = asyncio.Event()  # ends a tarpit's wait: the client is done
         self._eof = False  # the client half-closed: answer what it sent, then close
-        self._writable: asyncio.Future[None] | None = None
+        self._flow = WriteFlow()
         self._maildrop: Maildrop | None = None
         self._retrieved: set[str] = set()  # keys RETR'd in this session (EXPIRE)
         self._expire_days: int | None = None  # this user's EXPIRE, set at login
@@ -129,14 +131,13 @@ class Pop3Connection(asyncio.Protocol):
         self._lost = True
         self._data_arrived.set()
         self._interrupt.set()
-        self._wake_writer(exc)
+        self._flow.lost()
 
     def pause_writing(self) -> None:
-        if self._writable is None or self._writable.done():
-            self._writable = asyncio.get_running_loop().create_future()
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._wake_writer(None)
+        self._flow.resume()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -155,19 +156,9 @@ class Pop3Connection(asyncio.Protocol):
         transport.close()
         return False
 
-    def _wake_writer(self, exc: Exception | None) -> None:
-        waiter, self._writable = self._writable, None
-        if waiter is not None and not waiter.done():
-            if exc is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(ConnectionError(str(exc)))
-
     async def _drain(self) -> None:
-        if self._lost:
-            raise ConnectionError("connection lost")
-        if self._writable is not None:
-            await self._writable
+        """Wait for the client to read (server/flow.py): autologout after idle_timeout."""
+        await self._flow.drain(self._ctx.policy.idle_timeout)
 
     def _write(self, data: bytes) -> None:
         assert self._transport is not None
@@ -232,6 +223,10 @@ class Pop3Connection(asyncio.Protocol):
             self._write(session.greeting().data)
             session.receive_data(self._early)
             reason = await self._event_loop(session)
+        except OutputStalled:  # closed without UPDATE, like any autologout
+            user = printable(session.user if session else None)
+            log.info("autologout user=%s client=%s output=unread", user, self.peer)
+            reason = "autologout"
         except (ConnectionError, OSError, TimeoutError):
             reason = "disconnected"
         except asyncio.CancelledError:

@@ -25,6 +25,11 @@ class MessageChanged(StoreError):
     """The stored message is not the size the listing announced."""
 
 
+class ClientGone(ConnectionError):
+    """What `drain` raises when the client left, or read nothing for too long: the
+    client's doing, not the store's (no store error counted or logged)."""
+
+
 def check_octets(event: Retrieve, encoder: MessageEncoder) -> None:
     """Never a reply of another size than announced: the stored message changed."""
     if (problem := encoder.size_problem(event.message.octets)) is not None:
@@ -43,7 +48,8 @@ async def send_message(
 ) -> bool:
     """Stream the reply to one RETR or TOP through `write`, waiting on `drain` (the
     transport's flow control) between blocks; True when the whole reply was sent, False
-    after an -ERR. Raises ConnectionError when the store failed after +OK."""
+    after an -ERR. Raises ConnectionError when the store failed after +OK, and lets
+    `drain`'s ClientGone through."""
     stream = maildrop.read(event.message.key)
     encoder = event.encoder
     status_sent = False
@@ -71,6 +77,8 @@ async def send_message(
         # The end of the reply leaves with its last block: one write, no small tail.
         pending += encoder.finish()
         check_octets(event, encoder)
+    except ClientGone:
+        raise
     except (StoreError, OSError) as error:
         metrics.store_error("read")
         if not status_sent:  # nothing sent yet: the reply can still be -ERR
