@@ -227,6 +227,7 @@ def test_one_flood_start_a_turn_while_a_quiet_client_is_served(
     quiet_client_served: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pacing, "_PACER", pacing.Pacer())  # no client served yet
+    monkeypatch.setattr(start_queue, "BUSY_START_EVERY", 0.0)  # turns, not time, here
     if quiet_client_served:
         pacing.foreground()
     sock = listening()
@@ -268,6 +269,7 @@ def test_a_flood_whose_first_connections_went_express_does_not_hold_a_quiet_clie
     connections are the flood's like the others, and a quiet client that came after
     them starts first while a quiet client is served (starts of busy addresses paced)."""
     monkeypatch.setattr(pacing, "_PACER", pacing.Pacer())
+    monkeypatch.setattr(start_queue, "BUSY_START_EVERY", 0.0)
     pacing.foreground()
     sock = listening()
     flood = [c for n in range(8) for c in connect(sock, 4, f"127.0.1.{n + 1}")]
@@ -316,6 +318,7 @@ def test_few_flood_starts_while_background_work_is_backed_up(
     steps waiting, the flood's connections mostly stay unstarted (a socket each, not a
     session the garbage collector must walk), and quiet clients still start."""
     monkeypatch.setattr(start_queue, "BACKED_UP_START_EVERY", 60.0)
+    monkeypatch.setattr(start_queue, "BUSY_START_EVERY", 0.0)
     backlog = [MAX_PACED]
     sock = listening()
     flood = connect(sock, 4, "127.0.0.2")  # clients 0-3, a busy address
@@ -339,6 +342,53 @@ def test_few_flood_starts_while_background_work_is_backed_up(
     asyncio.run(main())
     assert waiting == [3]
     assert [index for _, index in recorder.started] == [4, 0, 5, 1, 2, 3]
+    each_received(clients, b"+OK\r\n")
+
+
+@pytest.mark.parametrize("quiet_client_served", [False, True])
+def test_flood_starts_are_spaced_while_a_quiet_client_is_served(
+    quiet_client_served: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy address's sessions start BUSY_START_EVERY apart while a quiet client is
+    being served, quiet ones at once; with no quiet client served, all at once."""
+    monkeypatch.setattr(start_queue, "BUSY_START_EVERY", 0.02)
+    monkeypatch.setattr(pacing, "_PACER", pacing.Pacer())
+    if quiet_client_served:
+        pacing.foreground()
+    sock = listening()
+    flood = connect(sock, 4, "127.0.0.2")  # clients 0-3, a busy address
+    quiet = [c for n in range(2) for c in connect(sock, 1, f"127.0.2.{n + 1}")]  # 4, 5
+    clients = flood + quiet
+    recorder = Recorder(clients)
+    started_at: dict[int, float] = {}
+
+    async def main() -> None:
+        server = EagerAcceptServer(
+            sock,
+            recorder,
+            max_waiting=lambda: 100,
+            open_from=lambda peer: QUIET if peer == "127.0.0.2" else 0,
+            busy=lambda peer: peer == "127.0.0.2",
+        )
+        server.start_serving()
+        loop = asyncio.get_running_loop()
+        began, deadline = loop.time(), loop.time() + 10
+        while len(recorder.started) < len(clients) and loop.time() < deadline:
+            await asyncio.sleep(0.001)
+            for _, index in recorder.started:
+                started_at.setdefault(index, loop.time() - began)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert sorted(index for _, index in recorder.started) == list(range(len(clients)))
+    flood_times = [started_at[index] for index in range(4)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(flood_times)]
+    if quiet_client_served:
+        assert all(gap >= 0.018 for gap in gaps), gaps
+        assert max(started_at[4], started_at[5]) < 0.018, started_at
+    else:
+        assert flood_times[-1] < 0.018, started_at
     each_received(clients, b"+OK\r\n")
 
 
