@@ -5,12 +5,14 @@ that send one byte a second, lines of 10 MB without CRLF, logins that RETR a 20 
 and never read, bursts of connects that close, reset or send garbage, and random binary
 after login. Meanwhile an honest client (in this process, blocking sockets, no event loop
 of its own) logs in, LISTs, RETRs all of its mail and QUITs, again and again: its sessions
-must all succeed byte for byte, each within 5x of the idle server's median time, while
-the server's memory stays bounded and it keeps accepting. A few may take longer
-(Scale.over_bound: 2 %, 1 % at the long scale), and the bound is at least 5x IDLE_FLOOR:
-on a 2-core CI machine, scheduling alone moves such times by tens of milliseconds. The
-server's full garbage collections (30-70 ms with a thousand sessions open) wait while a
-quiet client is served (server/collector.py): none may run during the attack.
+must all succeed byte for byte while the server's memory stays bounded and it keeps
+accepting. Their times are compared with the same client's against the idle server, for
+as long: at the median and the 90th and 99th percentiles, the attack's within 5x of the
+idle server's, and at most Scale.over_bound of them (2 %, 1 % at the long scale) 5x the
+idle median or more. (Those few are the moments 5,000 connects land at once: 1-3 of some
+1,100 sessions in a long run, docs/performance.md.) The server's full garbage collections
+(30-70 ms with a thousand sessions open) wait while a quiet client is served
+(server/collector.py): none may run during the attack.
 
 Clients run on other machines than the server they attack; here they share two cores
 with it. So, with two CPUs or more, the server runs on a CPU of its own and the test and
@@ -30,6 +32,7 @@ distributed attack, so the server must survive it with the limits an admin reall
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import signal
@@ -60,7 +63,7 @@ class Scale:
     burst: int  # connects per burst
     burst_pause: float  # seconds from the end of a burst to the next
     binary: int  # logins sending random binary
-    idle_runs: int  # honest sessions against the idle server
+    idle_runs: int  # honest sessions against the idle server, at least (attack_seconds)
     attack_runs: int  # honest sessions under attack, at least
     attack_seconds: float  # and for at least this long (two bursts, slow bytes sent)
     over_bound: float  # of those, the share that may take longer than 5x the idle median
@@ -110,10 +113,11 @@ SMALL = [b"Subject: small\r\n\r\nsmall\r\n"]
 # or whole lines kept in memory (10 x 20 MB, 5 x 10 MB) would not.
 MAX_RSS_KIB = 200 * 1024
 
-# The idle median is 8-13 ms here from one run to the next, which moves 5x of it by 25 ms:
-# the bound is 5x max(idle median, this floor). The count over 5x the idle median itself
-# is reported too: at the long scale, 0-5 sessions of 700-1,060 (docs/performance.md).
-IDLE_FLOOR = 0.020
+# The honest client's time under attack is compared with the idle server's, measured the
+# same way for as long, at these quantiles (nearest rank). The slowest session is reported,
+# not compared: one sample, the idle one moved by whatever else the machine did then
+# (20-30 ms in most runs here, 200 ms and more in a few).
+QUANTILES = {"median": 0.5, "p90": 0.9, "p99": 0.99}
 
 
 def honest_session(server: PopboxServer) -> float:
@@ -243,6 +247,70 @@ def wait_for_no_connections(server: PopboxServer, timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
+@dataclass
+class AttackRun:
+    """What the test saw while every attack ran."""
+
+    sessions: list[float]  # the honest client's, in seconds
+    counts: dict[str, int]  # the load generator's
+    peak_rss: int  # KiB
+    full_collections: float
+    retrieved: float  # messages sent whole by RETR
+
+
+def honest_sessions(server: PopboxServer, runs: int, seconds: float) -> list[float]:
+    """Honest sessions one after the other, at least `runs` and for at least `seconds`."""
+    took: list[float] = []
+    until = time.monotonic() + seconds
+    while len(took) < runs or time.monotonic() < until:
+        took.append(honest_session(server))
+    return took
+
+
+def run_attack(server: PopboxServer, generators: list[subprocess.Popen[str]]) -> AttackRun:
+    before = scrape(server)
+    sampler = RssSampler(server.process.pid)
+    attack = start_attack(server, generators)
+    sessions = honest_sessions(server, SCALE.attack_runs, SCALE.attack_seconds)
+    assert server.process.poll() is None
+    during = scrape(server)
+    counts = stop_attack(attack)
+    full = "python_gc_collections_total"
+    retrieved = "popbox_messages_retrieved_total"
+    return AttackRun(
+        sessions=sessions,
+        counts=counts,
+        peak_rss=max(sampler.finish()),
+        full_collections=value(during, full, generation="2") - value(before, full, generation="2"),
+        retrieved=value(during, retrieved) - value(before, retrieved),
+    )
+
+
+def quantile(seconds: list[float], q: float) -> float:
+    """The nearest-rank quantile: the session q of them took at most (1.0: the slowest)."""
+    ordered = sorted(seconds)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def latency_report(idle: list[float], attack: list[float]) -> tuple[str, dict[str, float]]:
+    """The figures (idle and under attack, at each of QUANTILES) and their ratios."""
+    ratios: dict[str, float] = {}
+    parts = []
+    for name, q in QUANTILES.items():
+        calm, hit = quantile(idle, q), quantile(attack, q)
+        ratios[name] = hit / calm
+        parts.append(f"{name} {calm * 1000:.1f} / {hit * 1000:.1f} ms ({hit / calm:.1f}x)")
+    strict = 5 * quantile(idle, 0.5)
+    over = sum(1 for took in attack if took >= strict)
+    text = (
+        f"honest sessions idle ({len(idle)}) / under attack ({len(attack)}): "
+        + ", ".join(parts)
+        + f"; slowest idle {slowest(idle)} ms, under attack {slowest(attack)} ms;"
+        f" {over} took 5x the idle median ({strict * 1000:.0f} ms) or more"
+    )
+    return text, ratios | {"over": over / len(attack)}
+
+
 @pytest.mark.timeout(600 if LONG else 120)
 def test_honest_client_is_served_during_every_attack_at_once(
     popbox: Starter, load_generators: list[subprocess.Popen[str]], server_cpu: set[int] | None
@@ -255,54 +323,33 @@ def test_honest_client_is_served_during_every_attack_at_once(
     mail |= {f"stall{n}": [BIG] for n in range(SCALE.stalled)}
     server = popbox(users, mail, extra='[metrics]\naddress = "127.0.0.1"\nport = 0\n')
     pin_server(server.process.pid, server_cpu)
-    idle = [honest_session(server) for _ in range(SCALE.idle_runs)]
+    honest_session(server)  # the first one imports and caches what the others find ready
+    idle = honest_sessions(server, SCALE.idle_runs, SCALE.attack_seconds)
     idle_rss = rss_kib(server.process.pid)
+    run = run_attack(server, load_generators)
 
-    before = scrape(server)
-    full_before = value(before, "python_gc_collections_total", generation="2")
-    retrieved_before = value(before, "popbox_messages_retrieved_total")
-    sampler = RssSampler(server.process.pid)
-    attack = start_attack(server, load_generators)
-    under_attack: list[float] = []
-    until = time.monotonic() + SCALE.attack_seconds
-    while len(under_attack) < SCALE.attack_runs or time.monotonic() < until:
-        under_attack.append(honest_session(server))
-    assert server.process.poll() is None
-    during = scrape(server)
-    full_collections = value(during, "python_gc_collections_total", generation="2")
-    full_collections -= full_before
-    retrieved = value(during, "popbox_messages_retrieved_total") - retrieved_before
-    counts = stop_attack(attack)
-    samples = sampler.finish()
-    peak = max(samples)
-
-    idle_median = statistics.median(idle)
-    attack_median = statistics.median(under_attack)
+    latency, ratios = latency_report(idle, run.sessions)
     report = (  # the figures the issue asks to report
-        f"honest session idle: median {idle_median * 1000:.1f} ms; under attack "
-        f"({len(under_attack)} sessions): median {attack_median * 1000:.1f} ms, slowest "
-        f"{slowest(under_attack)} ms; server RSS "
-        f"idle {idle_rss // 1024} MiB, peak {peak // 1024} MiB; attack: {counts}"
+        f"{latency}; server RSS idle {idle_rss // 1024} MiB, peak {run.peak_rss // 1024} MiB;"
+        f" full garbage collections during the attack: {run.full_collections:.0f};"
+        f" attack: {run.counts}"
     )
-    bound = 5 * max(idle_median, IDLE_FLOOR)
-    over = sum(1 for took in under_attack if took >= bound)
-    report += f"; {over} sessions took {bound * 1000:.0f} ms or more"
-    strict = 5 * idle_median  # without IDLE_FLOOR: reported, not asserted
-    over_strict = sum(1 for took in under_attack if took >= strict)
-    report += f", {over_strict} took 5x the idle median ({strict * 1000:.0f} ms) or more"
-    report += f"; full garbage collections during the attack: {full_collections:.0f}"
     print(report)
-    assert attack_median < bound, report
-    assert over <= SCALE.over_bound * len(under_attack), report
-    assert peak < MAX_RSS_KIB, report
-    assert full_collections == 0, report
+    # Within 5x of the idle server: its median, 90th and 99th percentiles, each against
+    # the same under attack; and only a few sessions (SCALE.over_bound) past 5x the idle
+    # median.
+    assert all(ratios[name] < 5 for name in QUANTILES), report
+    assert ratios["over"] <= SCALE.over_bound, report
+    assert run.peak_rss < MAX_RSS_KIB, report
+    assert run.full_collections == 0, report
     # Every attack really ran (a generator that failed to connect proves nothing).
+    counts = run.counts
     assert counts["slow_bytes"] >= SCALE.slow, report
     assert counts["long_lines_sent"] >= SCALE.long_lines, report
     assert counts["stalled_retr"] == SCALE.stalled, report
     # The stalled RETRs really stalled: none was sent whole (only the honest client's 20
     # were, each session), and the server kept their connections open.
-    assert retrieved == len(HONEST) * len(under_attack), report
+    assert run.retrieved == len(HONEST) * len(run.sessions), report
     assert "stalled_closed_by_server" not in counts, report
     assert counts["burst_connects"] >= SCALE.burst, report
     assert counts["binary_chunks"] >= SCALE.binary, report
@@ -310,5 +357,5 @@ def test_honest_client_is_served_during_every_attack_at_once(
     # After the attack: every connection gone, the server serving as before.
     wait_for_no_connections(server)
     after = [honest_session(server) for _ in range(3)]
-    assert statistics.median(after) < bound, report
+    assert statistics.median(after) < 5 * quantile(idle, 0.5), report
     assert server.process.poll() is None
