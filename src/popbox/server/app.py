@@ -8,7 +8,6 @@ import functools
 import logging
 import os
 import pickle
-import resource
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Sequence
@@ -24,7 +23,7 @@ from popbox.server.assembly import apply_config, make_context
 from popbox.server.context import (
     ServerContext,
 )
-from popbox.server.descriptors import reserve_descriptor_table
+from popbox.server.descriptors import descriptor_limit, reserve_descriptor_table, waiting_room
 from popbox.server.listeners import Listeners, PopSocket
 from popbox.server.proxy_listener import ProxyProtocolServer
 from popbox.server.reload import reload_config
@@ -101,12 +100,13 @@ async def start_listener(
     # RFC 8314 section 3.3: on implicit-TLS ports the handshake comes first (after the
     # PROXY header, on a proxy_protocol listener).
     tls = ctx.tls.listener_context if implicit and ctx.tls else None
-    # Connections waiting to start hold a descriptor each (in the kernel's queue they held
-    # none): a quarter of the limit at most, so that sessions can still open maildrops.
-    waiting_room = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+    # Connections waiting to start hold a descriptor each: what the sessions leave
+    # (server/descriptors.py).
+    nofile = descriptor_limit()
 
     def max_waiting() -> int:
-        return min(ctx.policy.max_connections, waiting_room)
+        room = waiting_room(nofile, len(ctx.tasks), len(ctx.accept_queues))
+        return min(ctx.policy.max_connections, room)
 
     if listener.proxy_protocol:
         proxied = ProxyProtocolServer(ctx, listener, tls, entry.sock, max_waiting=max_waiting)
