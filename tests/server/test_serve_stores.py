@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import Starter
 
 from server_helpers import PopboxServer, RawClient, crlf, launch
@@ -95,6 +96,38 @@ def test_lmtp_delivery_waits_for_the_mbox_session(popbox: Starter) -> None:
     assert after.login("alice", "secret").startswith(b"+OK maildrop has 1 messages")
     expected = b"Return-Path: <sender@example.org>\r\nDelivered-To: alice\r\n" + crlf(MESSAGE)
     assert retr_all(after) == [expected]
+
+
+def test_an_mbox_user_named_like_a_dotlock_gets_no_mail_and_takes_none(
+    popbox: Starter,
+) -> None:
+    """With mbox:mail/%u, a user "alice.lock" would have alice's dotlock for a mailbox:
+    alice's next session removed it as stale. Such a user is refused, by LMTP (a
+    permanent 550, the MTA bounces) and at login, and alice's mail stays hers."""
+    server = popbox(USERS | {"alice.lock": "{PLAIN}lockpw"})
+    server.stop()
+    config = relocate(server, "mbox:mail/%u", extra="[lmtp]\nport = 0\n")
+    (server.root / "mail").mkdir()
+    server = launch(server.root, config)
+    port = lmtp_port(server)
+    data = MESSAGE.replace(b"\n", b"\r\n")
+    with smtplib.LMTP("127.0.0.1", port) as lmtp:
+        assert lmtp.sendmail("sender@example.org", ["alice"], data) == {}
+        with pytest.raises(smtplib.SMTPResponseException) as refused:
+            lmtp.sendmail("sender@example.org", ["alice.lock"], data)
+    assert refused.value.smtp_code == 550
+    assert refused.value.smtp_error == b"5.1.1 <alice.lock>: no maildrop for this user"
+    assert os.listdir(server.root / "mail") == ["alice"]
+    server.log.wait_for(r"alice\.lock.*named like another's '\.lock' file")
+    client = RawClient(server)
+    client.send(b"USER alice.lock\r\n")
+    assert client.read_line() == b"+OK send PASS\r\n"
+    client.send(b"PASS lockpw\r\n")
+    assert client.read_line().startswith(b"-ERR [SYS/PERM] ")
+    owner = RawClient(server)
+    assert owner.login("alice", "secret").startswith(b"+OK maildrop has 1 messages")
+    assert owner.command(b"QUIT").startswith(b"+OK")
+    assert "alice.lock" not in os.listdir(server.root / "mail")
 
 
 def test_lmtp_swaks_into_maildir_then_pop3(popbox: Starter) -> None:

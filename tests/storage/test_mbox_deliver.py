@@ -131,6 +131,40 @@ def test_invalid_users_touch_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "user",
+    [
+        "alice.lock",  # alice's dotlock: removed as stale by her next session
+        "alice.popbox",  # her retrieval cache: overwritten
+        "alice.popbox-index",  # her index: overwritten
+        "alice.popbox-append",  # her append journal: removed
+        "a.popbox-tmp.x",
+    ],
+)
+def test_users_whose_mbox_would_be_a_file_beside_another_are_refused(
+    tmp_path: Path, user: str
+) -> None:
+    store = store_at(tmp_path)
+    run(store.deliver("alice", b"Subject: a\n\nalice\n"))
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    with pytest.raises(InvalidMaildropUser, match="named like another's"):
+        run(store.deliver(user, b"Subject: lost\n\nmail\n"))
+    with pytest.raises(InvalidMaildropUser, match="named like another's"):
+        run(store.open(user))
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+def test_names_that_only_look_alike_are_users(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    for user in ("alice.locked", "alicelock", "alice.popboxes", "lock"):
+        run(store.deliver(user, b"Subject: a\n\nb\n"))
+    assert sorted(os.listdir(tmp_path)) == ["alice.locked", "alice.popboxes", "alicelock", "lock"]
+    # Where the mbox is not named after the user, any user name is safe.
+    inbox = MboxStore(str(tmp_path / "home" / "%u" / "inbox"))
+    run(inbox.deliver("bob.lock", b"Subject: a\n\nb\n"))
+    assert (tmp_path / "home" / "bob.lock" / "inbox").is_file()
+
+
+@pytest.mark.parametrize(
     ("template", "options"),
     [
         ("", {}),

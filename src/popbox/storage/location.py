@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 
 from popbox.auth.usernames import InvalidUsername, validate_username
 from popbox.storage.base import InvalidMaildropUser
@@ -57,3 +59,19 @@ def user_location(template: str, user: str) -> str:
     except InvalidUsername as exc:
         raise InvalidMaildropUser(f"invalid user name {user!r}: {exc}") from exc
     return expand_location(template, user)
+
+
+def refuse_beside_names(path: str, user: str, suffixes: Sequence[str], mark: str) -> str:
+    """`path`, unless its last component ends in one of `suffixes` or contains `mark`:
+    the names of the files kept beside a maildrop file, named after it. A user whose
+    maildrop were so named would have it taken for another user's lock or index
+    (InvalidMaildropUser)."""
+    name = os.path.basename(path)
+    clash = next((suffix for suffix in suffixes if name.endswith(suffix)), None)
+    if clash is None and mark in name:
+        clash = mark
+    if clash is not None:
+        raise InvalidMaildropUser(
+            f"user name {user!r} gives a maildrop named like another's {clash!r} file"
+        )
+    return path

@@ -28,13 +28,19 @@ from popbox.storage.base import (
     MessageInfo,
     StoreError,
 )
-from popbox.storage.location import check_template, user_location
-from popbox.storage.mbox_cache import load_retrievals, save_retrievals
+from popbox.storage.location import check_template, refuse_beside_names, user_location
+from popbox.storage.mbox_cache import CACHE_SUFFIX, load_retrievals, save_retrievals
 from popbox.storage.mbox_deliver import DEFAULT_SENDER, append_message
 from popbox.storage.mbox_format import MBOX_FORMATS, MboxFormat, MessageStream, is_separator_at
-from popbox.storage.mbox_index import FileStamp, after_rewrite, drop_index, load_parsed
-from popbox.storage.mbox_journal import recover_append
-from popbox.storage.mbox_lock import MboxLock
+from popbox.storage.mbox_index import (
+    INDEX_SUFFIX,
+    FileStamp,
+    after_rewrite,
+    drop_index,
+    load_parsed,
+)
+from popbox.storage.mbox_journal import JOURNAL_SUFFIX, recover_append
+from popbox.storage.mbox_lock import DOTLOCK_SUFFIX, MboxLock
 from popbox.storage.mbox_records import MboxEntry, MboxSnapshot, Parsed
 from popbox.storage.mbox_rewrite import rewrite_without
 from popbox.storage.threads import in_thread_owned
@@ -55,6 +61,12 @@ _REFRESHES_PER_STALE_PERIOD: Final = 3
 
 # The mbox as the snapshot saw it: (size, mtime, ctime) in ns; None: there was no file.
 _Stamp = tuple[int, int, int] | None
+
+# The files kept beside an mbox, named after it (its dotlock, as every mail program
+# names it, and ours). An mbox whose name ends so would be taken for another's: removed
+# as a stale dotlock, overwritten as an index, emptied as a spent journal.
+_BESIDE_SUFFIXES: Final = (DOTLOCK_SUFFIX, CACHE_SUFFIX, INDEX_SUFFIX, JOURNAL_SUFFIX)
+_TEMP_MARK: Final = ".popbox-tmp."  # in our temporary files' names (mbox_cache.temp_prefix)
 
 
 def _check_template(template: str) -> None:
@@ -96,8 +108,10 @@ class MboxStore:
         return f"MboxStore({self.location_template!r}, mbox_format={self.mbox_format!r})"
 
     def location(self, user: str) -> str:
-        """The user's mbox path. Raises InvalidMaildropUser; touches no file."""
-        return user_location(self.location_template, user)
+        """The user's mbox path. Raises InvalidMaildropUser, also for a path that names
+        another mbox's dotlock or one of our files beside it; touches no file."""
+        path = user_location(self.location_template, user)
+        return refuse_beside_names(path, user, _BESIDE_SUFFIXES, _TEMP_MARK)
 
     async def open(self, user: str) -> MboxMaildrop:
         """Lock and snapshot the user's mbox (RFC 1939 section 8).
