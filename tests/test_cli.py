@@ -102,6 +102,25 @@ def test_user_add_list_passwd_del(
     assert main(["user", "--passwd-file", str(users), "add", "../x", "--password-stdin"]) == 1
 
 
+def test_user_add_refuses_a_name_its_mbox_store_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With mbox:mail/%u, user alice.lock's mbox would be alice's dotlock (storage/mbox.py):
+    the user is not added."""
+    config = write(tmp_path, GOOD.replace("maildir:mail/%u/Maildir", "mbox:mail/%u"))
+    users = tmp_path / "users"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    assert main(["user", "--config", str(config), "add", "alice.lock", "--password-stdin"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "popbox: user name 'alice.lock' gives a maildrop named like another's '.lock' file\n"
+    )
+    assert users.read_text() == "alice:{PLAIN}secret\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    assert main(["user", "--config", str(config), "add", "alice.locked", "--password-stdin"]) == 0
+    assert users.read_text().splitlines()[1].startswith("alice.locked:{ARGON2ID}")
+
+
 def test_pw_prints_a_dovecot_style_hash(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pw", "-s", "SSHA512", "-p", "hunter2"]) == 0
     out = capsys.readouterr().out.strip()

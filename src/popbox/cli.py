@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "user":
             from popbox.cli_user import user_command  # noqa: PLC0415
 
+            if args.action == "add" and (refused := _maildrop_refused(args)) is not None:
+                print(f"popbox: {refused}", file=sys.stderr)
+                return EXIT_FAILED
             return user_command(args, _user_database(args))
         if command == "deliver":
             return _deliver(args)
@@ -122,6 +125,30 @@ def _deliver(args: argparse.Namespace) -> int:
         print(f"popbox deliver: {error}", file=sys.stderr)
         return EX_CONFIG
     return deliver_main(make_store(config), make_authenticator(config), args.users, message)
+
+
+def _maildrop_refused(args: argparse.Namespace) -> str | None:
+    """Why the mail store of --config would refuse the new user's maildrop (a name that
+    is another mbox's dotlock, for one): None if it would not, or without --config. A
+    name that is no user name at all is left to the user database to refuse."""
+    from popbox.auth.usernames import InvalidUsername, validate_username  # noqa: PLC0415
+    from popbox.server.assembly import make_store  # noqa: PLC0415
+    from popbox.storage.base import InvalidMaildropUser  # noqa: PLC0415
+
+    try:
+        validate_username(args.name)
+    except InvalidUsername:
+        return None
+    if args.config is None:
+        return None
+
+    location = getattr(make_store(load_config(args.config)), "location", None)
+    try:
+        if location is not None:
+            location(args.name)
+    except InvalidMaildropUser as error:
+        return str(error)
+    return None
 
 
 def _user_database(args: argparse.Namespace) -> Path | str:
