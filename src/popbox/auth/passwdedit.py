@@ -11,12 +11,10 @@ in their RFC 8265 OpaqueString form, the form PasswdFileAuthenticator verifies.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from popbox.auth.passwdformat import (
     line_user,
 )
 from popbox.auth.precis import canonical_username, normalize_password
+from popbox.durable import fsync_directory, replacing
 
 __all__ = ["NEW_FILE_MODE", "add_user", "delete_user", "prepared_hash", "set_password"]
 
@@ -136,21 +135,13 @@ def _write_atomic(real: Path, data: bytes) -> None:
         old: os.stat_result | None = os.stat(real)
     except FileNotFoundError:
         old = None
-    fd, temp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), stat.S_IMODE(old.st_mode) if old else NEW_FILE_MODE)
-            if old is not None:
-                _keep_owner(real, handle.fileno(), old)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, real)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(real.parent)
+    mode = stat.S_IMODE(old.st_mode) if old else NEW_FILE_MODE
+    prefix = f".{real.name}."
+    with replacing(str(real), prefix=prefix, suffix=".tmp", mode=mode, durable=True) as handle:
+        if old is not None:
+            _keep_owner(real, handle.fileno(), old)
+        handle.write(data)
+    fsync_directory(str(real.parent))
 
 
 def _keep_owner(real: Path, fd: int, old: os.stat_result) -> None:
@@ -162,14 +153,3 @@ def _keep_owner(real: Path, fd: int, old: os.stat_result) -> None:
     except PermissionError:
         # Not root: the edited file now belongs to us, as with any editor.
         log.warning("%s: cannot keep owner %d:%d", real, old.st_uid, old.st_gid)
-
-
-def _fsync_directory(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some filesystems cannot fsync a directory
-            raise
-    finally:
-        os.close(dir_fd)

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from typing import TypeVar
 
+from popbox.durable import fsync_directory_or_log
 from popbox.storage.base import (
     READ_BLOCK_SIZE,
     DeleteResult,
@@ -28,7 +29,6 @@ from popbox.storage.base import (
     MessageInfo,
     StoreError,
 )
-from popbox.storage.durable import fsync_directory_or_log
 from popbox.storage.location import check_template, expand_location, user_location
 from popbox.storage.locking import MaildropLock
 from popbox.storage.maildir_count import BIG_MESSAGE, count_into, count_wire_octets

@@ -43,7 +43,7 @@ import zlib
 from array import array
 from dataclasses import dataclass, field
 
-from popbox.storage.durable import fsync_directory
+from popbox.durable import fsync_directory
 from popbox.storage.maildir_listing import UIDL_MAX_LENGTH, DirStamps, valid_places
 
 logger = logging.getLogger(__name__)

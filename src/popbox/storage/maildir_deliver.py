@@ -24,8 +24,8 @@ import socket
 import threading
 import time
 
+from popbox.durable import fsync_directory
 from popbox.storage.base import StoreError
-from popbox.storage.durable import fsync_directory
 from popbox.storage.maildir_listing import ALL_SUBDIRS
 from popbox.storage.octets import wire_octets
 

@@ -20,9 +20,10 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Final
+
+from popbox.durable import replacing
 
 __all__ = [
     "CACHE_SUFFIX",
@@ -73,19 +74,8 @@ def replace_beside(mbox_path: str, path: str, data: bytes, *, durable: bool) -> 
     """Make `data` our file `path` next to the mbox: a temporary file (mode 0600, fsynced
     if `durable`) renamed over it, so a crash leaves the old file or the new one. Raises
     OSError, leaving nothing behind."""
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=temp_prefix(mbox_path))
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), _CACHE_MODE)
-            file.write(data)
-            if durable:
-                file.flush()
-                os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    with replacing(path, prefix=temp_prefix(mbox_path), mode=_CACHE_MODE, durable=durable) as file:
+        file.write(data)
 
 
 def load_retrievals(mbox_path: str) -> dict[str, float]:

@@ -27,7 +27,7 @@ import os
 import re
 from typing import Final
 
-from popbox.storage.durable import fsync_directory_or_log
+from popbox.durable import fsync_directory_or_log
 from popbox.storage.mbox_format import pread_exact
 
 __all__ = ["JOURNAL_SUFFIX", "begin_append", "end_append", "recover_append"]

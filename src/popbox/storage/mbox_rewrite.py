@@ -27,8 +27,8 @@ import stat
 import tempfile
 from collections.abc import Sequence
 
+from popbox.durable import fsync_directory_or_log
 from popbox.storage.base import StoreError
-from popbox.storage.durable import fsync_directory_or_log
 from popbox.storage.mbox_cache import temp_prefix
 from popbox.storage.mbox_format import SCAN_BLOCK_SIZE, is_separator_at, pread_exact
 from popbox.storage.mbox_lock import MboxLock, kernel_lock
